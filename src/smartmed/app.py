@@ -1,0 +1,121 @@
+"""Builds the ASGI application: the FHIR API, health and metrics endpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from smartmed.config import Settings, get_settings
+from smartmed.fhir.api import build_router
+from smartmed.fhir.context import FhirEngine
+from smartmed.fhir.errors import FhirError, OutcomeIssue, operation_outcome
+from smartmed.fhir.request import FHIR_JSON
+from smartmed.fhir.storage.migrate import is_current, migrate
+from smartmed.logging import configure_logging
+
+log = structlog.get_logger("smartmed.app")
+
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+def _outcome(status: int, code: str, text_: str, expression: str | None = None) -> Response:
+    body = operation_outcome([OutcomeIssue("error", code, text_, expression)])
+    return Response(orjson.dumps(body), status, media_type=FHIR_JSON)
+
+
+class SecurityHeaders:
+    """Baseline security headers on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))  # type: ignore[call-overload]
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)  # type: ignore[arg-type]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The smartmed ASGI application for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = FhirEngine.build(settings)
+        if not await is_current(engine.db):
+            await migrate(engine.db)
+            log.info("database migrated", dialect=engine.db.url.get_backend_name())
+        app.state.fhir = engine
+        app.state.started = time.time()
+        yield
+        await engine.db.dispose()
+
+    app = FastAPI(
+        title="smartmed",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(_request: Request, exc: FhirError) -> Response:
+        return Response(
+            orjson.dumps(operation_outcome(exc.issues)), exc.status, media_type=FHIR_JSON
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, "processing")
+        return _outcome(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return _outcome(400, "invalid", f"invalid request: {exc.errors()}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", error_type=type(exc).__name__)
+        return _outcome(500, "exception", "internal error; the request was not applied")
+
+    app.include_router(build_router())
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        engine: FhirEngine = request.app.state.fhir
+        try:
+            async with engine.db.read() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return _outcome(503, "transient", f"database unavailable: {type(exc).__name__}")
+        return Response(b'{"status":"ready"}', 200, media_type="application/json")
+
+    return app

@@ -1,0 +1,81 @@
+"""The ``smartmed`` command line: serve, migrate, demo."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from smartmed.config import get_settings
+
+app = typer.Typer(
+    help="smartmed: smart medical cloud platform for a county medical community.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL only)")] = 1,
+) -> None:
+    """Serve the platform (FHIR API at /fhir/R4)."""
+    import uvicorn
+
+    settings = get_settings()
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        raise typer.BadParameter("several workers need PostgreSQL; SQLite serves one process")
+    asyncio.run(_prepare())
+    uvicorn.run(
+        "smartmed.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+async def _prepare() -> None:
+    from smartmed.fhir.storage.database import Database
+    from smartmed.fhir.storage.migrate import is_current, migrate
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        if not await is_current(db):
+            await migrate(db)
+    finally:
+        await db.dispose()
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Upgrade the database schema to the newest revision."""
+    asyncio.run(_prepare())
+    typer.echo("database is at the newest schema revision")
+
+
+@app.command()
+def demo(
+    residents: Annotated[int, typer.Option(min=1, help="How many residents to generate")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same county")] = 1,
+    if_empty: Annotated[
+        bool, typer.Option(help="Only load when the database holds no Patient")
+    ] = False,
+) -> None:
+    """Generate a synthetic county and load it through the engine."""
+    from smartmed.demo.load import load_demo
+
+    summary = asyncio.run(
+        load_demo(get_settings(), residents=residents, seed=seed, if_empty=if_empty)
+    )
+    typer.echo(summary)
+
+
+if __name__ == "__main__":
+    app()

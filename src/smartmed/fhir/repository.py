@@ -1,0 +1,383 @@
+"""The resource repository: create, read, vread, update, delete, history on one connection.
+
+A ``Repository`` works inside the caller's transaction and never commits: the HTTP
+request (or the job, or the bundle) owns the transaction, so several calls stay atomic.
+Every write validates the resource, stamps ``id``/``meta``, stores the current version,
+appends the history row, replaces the search index rows and writes an outbox event, all
+on the same connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from smartmed.fhir.errors import (
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    OutcomeIssue,
+    PreconditionFailed,
+)
+from smartmed.fhir.model import ID_RE, StoredResource, fhir_instant, utcnow
+from smartmed.fhir.search.extract import IndexExtractor
+from smartmed.fhir.search.index import (
+    DateValue,
+    IndexValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    ResourceIndex,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from smartmed.fhir.search.params import SearchRegistry
+from smartmed.fhir.storage.tables import (
+    INDEX_TABLES,
+    outbox,
+    resource,
+    resource_history,
+)
+from smartmed.fhir.validate import Validator
+
+_CURRENT = select(
+    resource.c.pk,
+    resource.c.version_id,
+    resource.c.last_updated,
+    resource.c.deleted,
+    resource.c.content,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineServices:
+    """What every repository needs besides its connection: validator, indexer, dialect."""
+
+    validator: Validator
+    extractor: IndexExtractor
+    registry: SearchRegistry
+    is_postgres: bool
+    default_count: int = 20
+    max_count: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The stored version after a write, and whether the write created the resource."""
+
+    stored: StoredResource
+    created: bool
+
+
+def new_id() -> str:
+    """A new server-assigned logical id."""
+    return str(uuid.uuid4())
+
+
+class Repository:
+    """Resource interactions on one connection, inside the caller's transaction."""
+
+    def __init__(self, conn: AsyncConnection, services: EngineServices) -> None:
+        self.conn = conn
+        self.services = services
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read(self, type_: str, id_: str) -> StoredResource:
+        """The current version; NotFound if it never existed, Gone if deleted."""
+        row = (
+            await self.conn.execute(_CURRENT.where(resource.c.type == type_, resource.c.id == id_))
+        ).first()
+        if row is None:
+            raise NotFound(f"{type_}/{id_} is not known", expression=type_)
+        if row.deleted:
+            raise Gone(f"{type_}/{id_} was deleted (version {row.version_id})", expression=type_)
+        return StoredResource(type_, id_, row.version_id, row.last_updated, False, row.content)
+
+    async def vread(self, type_: str, id_: str, version_id: int) -> StoredResource:
+        """One version from the history; Gone if that version is a deletion."""
+        h = resource_history.c
+        row = (
+            await self.conn.execute(
+                select(h.last_updated, h.action, h.content).where(
+                    h.type == type_, h.id == id_, h.version_id == version_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"{type_}/{id_}/_history/{version_id} is not known", expression=type_)
+        if row.action == "delete":
+            raise Gone(f"{type_}/{id_} version {version_id} is a deletion", expression=type_)
+        return StoredResource(type_, id_, version_id, row.last_updated, False, row.content)
+
+    async def exists(self, type_: str, id_: str) -> bool:
+        """Whether a live (not deleted) resource has this type and id."""
+        row = (
+            await self.conn.execute(
+                select(resource.c.deleted).where(resource.c.type == type_, resource.c.id == id_)
+            )
+        ).first()
+        return row is not None and not row.deleted
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def create(self, body: dict[str, Any], *, id_: str | None = None) -> StoredResource:
+        """Store a new resource with a server-assigned id (or ``id_`` when given)."""
+        type_ = _resource_type(body)
+        id_ = id_ or new_id()
+        now = utcnow()
+        content, index = self._prepare(body, type_, id_, 1, now)
+        pk = (
+            await self.conn.execute(
+                insert(resource).returning(resource.c.pk),
+                {
+                    "type": type_,
+                    "id": id_,
+                    "version_id": 1,
+                    "last_updated": now,
+                    "deleted": False,
+                    "content": content,
+                },
+            )
+        ).scalar_one()
+        await self._after_write(pk, type_, id_, 1, now, "create", content, index)
+        return StoredResource(type_, id_, 1, now, False, content)
+
+    async def update(
+        self, type_: str, id_: str, body: dict[str, Any], *, if_match: int | None = None
+    ) -> WriteResult:
+        """Store a new version; creates the resource when the id is new (update-as-create)."""
+        if not ID_RE.match(id_):
+            raise Invalid(f"'{id_}' is not a valid FHIR id", expression=f"{type_}.id")
+        if body.get("resourceType") != type_:
+            raise Invalid(
+                f"resourceType '{body.get('resourceType')}' does not match the URL type '{type_}'",
+                expression="resourceType",
+            )
+        if "id" not in body:
+            raise Invalid(
+                "an update must carry the resource id in the body", expression=f"{type_}.id"
+            )
+        if body["id"] != id_:
+            raise Invalid(
+                f"id '{body['id']}' in the body does not match '{id_}' in the URL",
+                expression=f"{type_}.id",
+            )
+        current = await self._lock_current(type_, id_)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"{type_}/{id_} does not exist, so version {if_match} cannot match",
+                    expression=type_,
+                )
+            stored = await self._create_with_id(body, type_, id_)
+            if stored is not None:
+                return WriteResult(stored, True)
+            # Another transaction created it in between: fall through and update it.
+            current = await self._lock_current(type_, id_)
+            assert current is not None
+        pk, version = current.pk, current.version_id
+        if if_match is not None and if_match != version:
+            raise PreconditionFailed(
+                f"version {if_match} is stale: {type_}/{id_} is at version {version}",
+                expression=type_,
+            )
+        now = utcnow()
+        new_version = version + 1
+        content, index = self._prepare(body, type_, id_, new_version, now)
+        result = await self.conn.execute(
+            update(resource)
+            .where(resource.c.pk == pk, resource.c.version_id == version)
+            .values(version_id=new_version, last_updated=now, deleted=False, content=content)
+        )
+        if result.rowcount != 1:  # lost a race that row locking should have prevented
+            raise PreconditionFailed(f"{type_}/{id_} changed concurrently; retry", expression=type_)
+        await self._clear_index(pk)
+        await self._after_write(pk, type_, id_, new_version, now, "update", content, index)
+        return WriteResult(
+            StoredResource(type_, id_, new_version, now, False, content), current.deleted
+        )
+
+    async def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> int | None:
+        """Delete (keeping history); the new version id, or None when nothing was live."""
+        current = await self._lock_current(type_, id_)
+        if current is None or current.deleted:
+            if if_match is not None:
+                raise PreconditionFailed(f"{type_}/{id_} is not live", expression=type_)
+            return None
+        if if_match is not None and if_match != current.version_id:
+            raise PreconditionFailed(
+                f"version {if_match} is stale: {type_}/{id_} is at version {current.version_id}",
+                expression=type_,
+            )
+        now = utcnow()
+        new_version = current.version_id + 1
+        await self.conn.execute(
+            update(resource)
+            .where(resource.c.pk == current.pk)
+            .values(version_id=new_version, last_updated=now, deleted=True, content=None)
+        )
+        await self._clear_index(current.pk)
+        await self._after_write(current.pk, type_, id_, new_version, now, "delete", None, None)
+        return int(new_version)
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _lock_current(self, type_: str, id_: str) -> Any:
+        stmt = _CURRENT.where(resource.c.type == type_, resource.c.id == id_)
+        if self.services.is_postgres:
+            # Row lock: concurrent updates of one resource queue up instead of losing one.
+            stmt = stmt.with_for_update()
+        return (await self.conn.execute(stmt)).first()
+
+    async def _create_with_id(
+        self, body: dict[str, Any], type_: str, id_: str
+    ) -> StoredResource | None:
+        if not self.services.is_postgres:
+            return await self.create(body, id_=id_)
+        try:
+            async with self.conn.begin_nested():
+                return await self.create(body, id_=id_)
+        except IntegrityError:
+            return None
+
+    def _prepare(
+        self, body: dict[str, Any], type_: str, id_: str, version: int, now: datetime
+    ) -> tuple[str, ResourceIndex]:
+        """Validate, stamp id and meta, serialise once and extract the search index."""
+        issues = self.services.validator.validate(body, resource_type=type_)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise Invalid(
+                errors[0].diagnostics,
+                issues=[
+                    OutcomeIssue(i.severity, i.code, i.diagnostics, i.expression) for i in errors
+                ],
+            )
+        meta = dict(body.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = fhir_instant(now)
+        stamped: dict[str, Any] = {"resourceType": type_, "id": id_, "meta": meta}
+        for key, value in body.items():
+            if key not in stamped:
+                stamped[key] = value
+        index = self.services.extractor.extract(stamped)
+        return orjson.dumps(stamped).decode(), index
+
+    async def _clear_index(self, pk: int) -> None:
+        for table in INDEX_TABLES.values():
+            await self.conn.execute(delete(table).where(table.c.res_pk == pk))
+
+    async def _after_write(
+        self,
+        pk: int,
+        type_: str,
+        id_: str,
+        version: int,
+        now: datetime,
+        action: str,
+        content: str | None,
+        index: ResourceIndex | None,
+    ) -> None:
+        await self.conn.execute(
+            insert(resource_history),
+            {
+                "type": type_,
+                "id": id_,
+                "version_id": version,
+                "last_updated": now,
+                "action": action,
+                "content": content,
+            },
+        )
+        if index is not None:
+            for kind, rows in index_rows(pk, type_, index).items():
+                if rows:
+                    await self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+        await self.conn.execute(
+            insert(outbox),
+            {
+                "created_at": now,
+                "resource_type": type_,
+                "resource_id": id_,
+                "version_id": version,
+                "action": action,
+            },
+        )
+
+
+def _resource_type(body: dict[str, Any]) -> str:
+    type_ = body.get("resourceType")
+    if not isinstance(type_, str):
+        raise Invalid(
+            "the body is not a FHIR resource: resourceType is missing", expression="resourceType"
+        )
+    return type_
+
+
+def index_rows(pk: int, type_: str, index: ResourceIndex) -> dict[str, list[dict[str, Any]]]:
+    """The rows to insert into each ``idx_*`` table for one resource's index values."""
+    rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_TABLES}
+    seen: set[tuple[str, IndexValue]] = set()
+    for param, values in index.values.items():
+        for value in values:
+            if (param, value) in seen:  # one row per distinct value is enough to match
+                continue
+            seen.add((param, value))
+            base = {"res_pk": pk, "resource_type": type_, "param": param}
+            match value:
+                case TokenValue():
+                    rows["token"].append(
+                        base | {"system": value.system, "code": value.code, "text": value.text}
+                    )
+                case StringValue():
+                    rows["string"].append(base | {"value": value.value, "norm": value.norm})
+                case ReferenceValue():
+                    rows["reference"].append(
+                        base
+                        | {
+                            "target_type": value.target_type,
+                            "target_id": value.target_id,
+                            "url": value.url,
+                        }
+                    )
+                case DateValue():
+                    rows["date"].append(base | {"low": value.low, "high": value.high})
+                case NumberValue():
+                    rows["number"].append(
+                        base | {"value": value.value, "low": value.low, "high": value.high}
+                    )
+                case QuantityValue():
+                    rows["quantity"].append(
+                        base
+                        | {
+                            "value": value.value,
+                            "low": value.low,
+                            "high": value.high,
+                            "system": value.system,
+                            "code": value.code,
+                            "unit": value.unit,
+                        }
+                    )
+                case UriValue():
+                    rows["uri"].append(base | {"value": value.value})
+    return rows
+
+
+async def advisory_lock(conn: AsyncConnection, key: str, *, is_postgres: bool) -> None:
+    """Serialise transactions that share ``key`` (conditional creates) until commit."""
+    if is_postgres:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+    # SQLite: write transactions are already serialised by Database.write.
+
+
+__all__ = ["Conflict", "EngineServices", "Repository", "WriteResult", "advisory_lock", "new_id"]
