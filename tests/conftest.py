@@ -25,6 +25,7 @@ PG_ADMIN_URL = os.environ.get(
     "SMARTMED_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 ROOT = Path(__file__).resolve().parents[1]
+BODY_LIMIT = 40 * 1024 * 1024  # the largest official example (Bundle-resources) is 30 MB compact
 EXAMPLES = ROOT / "node_modules" / "hl7.fhir.r4.examples"
 
 
@@ -86,7 +87,7 @@ async def database_url(
 async def app(database_url: str) -> AsyncIterator[FastAPI]:
     """The application on the session's database, started (lifespan run)."""
     need((ROOT / "node_modules" / "@medplum" / "definitions").is_dir(), "run `npm ci` first")
-    application = create_app(Settings(database_url=database_url, max_body_bytes=1024 * 1024))
+    application = create_app(Settings(database_url=database_url, max_body_bytes=BODY_LIMIT))
     async with application.router.lifespan_context(application):
         yield application
 

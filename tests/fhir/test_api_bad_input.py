@@ -9,6 +9,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import BODY_LIMIT
+
 
 async def patient_total(client: httpx.AsyncClient) -> int:
     body = (await client.get("Patient", params={"_summary": "count"})).json()
@@ -74,7 +76,7 @@ async def test_deep_nesting_is_refused(client: httpx.AsyncClient) -> None:
 
 
 async def test_huge_body_is_413(client: httpx.AsyncClient) -> None:
-    huge = {"resourceType": "Patient", "name": [{"text": "x" * (2 * 1024 * 1024)}]}
+    huge = {"resourceType": "Patient", "name": [{"text": "x" * (BODY_LIMIT + 1)}]}
     response = await client.post("Patient", json=huge)
     assert response.status_code == 413
     assert issue(response)["code"] == "too-costly"
@@ -156,3 +158,29 @@ async def test_random_bodies_never_500_and_rejections_store_nothing(
     assert response.status_code in (201, 400), response.text
     found = (await client.get("Patient", params={"identifier": f"urn:test|{marker}"})).json()
     assert found["total"] == (1 if response.status_code == 201 else 0)
+
+
+async def test_control_characters_are_refused_not_500(client: httpx.AsyncClient) -> None:
+    before = await patient_total(client)
+    body = {"resourceType": "Patient", "name": [{"family": "王\u0000"}]}
+    response = await client.post("Patient", json=body)
+    assert response.status_code == 400
+    assert issue(response)["expression"] == ["Patient.name[0].family"]
+    assert await patient_total(client) == before
+    search = await client.get("Patient", params={"name": "王\u0000"})
+    assert search.status_code == 400
+
+
+async def test_bad_search_queries_are_400(client: httpx.AsyncClient) -> None:
+    for params in (
+        {"birthdate": "2024-13-01"},
+        {"birthdate": "xx2024"},
+        {"_count": "-1"},
+        {"_count": "ten"},
+        {"general-practitioner.foo": "x"},
+        {"gender:contains": "x"},
+        {"_sort": "nonsense"},
+    ):
+        response = await client.get("Patient", params=params, headers={"Prefer": "handling=strict"})
+        assert response.status_code == 400, (params, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome"

@@ -8,6 +8,7 @@ shift the pages it has yet to read.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -24,12 +25,16 @@ from smartmed.fhir.storage.tables import INDEX_TABLES, resource
 __all__ = ["SUPPORTED_KINDS", "match_ids", "search_bundle"]
 
 _CONTROL = ("_snapshot",)
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]").search
 
 
 def parse(
     services: EngineServices, type_: str, items: list[tuple[str, str]], *, strict: bool
 ) -> SearchRequest:
     """Parse search parameters, turning parse errors into 400 OperationOutcomes."""
+    for key, value in items:
+        if _CONTROL_CHARS(key) or _CONTROL_CHARS(value):
+            raise Invalid("search parameters may not contain control characters", expression=key)
     try:
         return parse_search(
             type_,
