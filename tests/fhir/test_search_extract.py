@@ -31,7 +31,7 @@ from smartmed.fhir.search.index import (
     TokenValue,
     UriValue,
 )
-from smartmed.fhir.search.params import SearchRegistry, get_registry
+from smartmed.fhir.search.params import SearchRegistry, get_registry, load_search_parameters
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 EXAMPLES = Path(__file__).resolve().parents[2] / "node_modules" / "hl7.fhir.r4.examples"
@@ -83,7 +83,7 @@ def test_registry_splits_unions_per_type(registry: SearchRegistry) -> None:
     patient = registry.get("Observation", "patient")
     assert patient is not None
     assert patient.expression == "Observation.subject.where(resolve() is Patient)"
-    assert patient.targets == ("Patient",)
+    assert patient.targets == ("Patient", "Group")  # as R4's clinical-patient has it
     common = registry.params_for("Binary")
     assert {c: p.type for c, p in common.items()} == {
         "_id": "token",
@@ -100,6 +100,87 @@ def test_registry_splits_unions_per_type(registry: SearchRegistry) -> None:
     assert composite.components[1][1] == "value.as(Quantity)"
     assert registry.get("Patient", "nope") is None
     assert registry.get("Patient", "_content") is None  # no expression: unsupported
+
+
+SP = "http://hl7.org/fhir/SearchParameter/"
+SD = "http://hl7.org/fhir/StructureDefinition/"
+NO_BASE = "no base (SearchParameter.base is 1..*)"
+
+
+def _undefined(extension: str) -> str:
+    return f"the expression uses the extension {extension}, which R4 does not define"
+
+
+# The package's SearchParameters that the registry leaves out, with the reason.
+DROPPED: dict[str, str] = {
+    **{
+        f"{SP}{kind.lower()}-extensions-{kind}-{code}": NO_BASE
+        for kind in ("CodeSystem", "ValueSet")
+        for code in ("author", "effective", "end", "keyword", "workflow")
+    },
+    f"{SP}device-extensions-Device-din": _undefined(f"{SP}device-extensions-Device-din"),
+    f"{SP}patient-extensions-Patient-mothersMaidenName": _undefined(
+        f"{SD}patient-extensions-Patient-mothersMaidenName"
+    ),
+    **{
+        f"{SP}observation-genetic-Observation-{code}": _undefined(f"{SD}{extension}")
+        for code, extension in (
+            ("amino-acid-change", "observation-geneticsAminoAcidChangeName"),
+            ("gene-amino-acid-change", "observation-geneticsAminoAcidChangeName"),
+            ("dna-variant", "observation-geneticsDnaVariant"),
+            ("gene-dnavariant", "observation-geneticsDnaVariant"),
+        )
+    },
+    f"{SP}questionnaireresponse-extensions-QuestionnaireResponse-item-subject": _undefined(
+        f"{SD}questionnaireresponse-isSubject"
+    ),
+}
+
+
+def test_package_search_parameters(folder: Path, registry: SearchRegistry) -> None:
+    kept, dropped = load_search_parameters(folder)
+    assert dropped == DROPPED
+    # 1375 resource parameters plus gene-identifier, assessed-condition, Patient age and
+    # birthOrderBoolean; the examples (SearchParameter/example...) and _filter are not
+    # definitions of the specification.
+    assert len(kept) == 1379
+    urls = {sp["url"] for sp in kept}
+    assert not {f"{SP}example", f"{SP}example-reference", f"{SP}filter"} & urls
+    assert all(registry.definition(url) is None for url in DROPPED)
+    # Medplum's additions to the R4 set are gone.
+    assert registry.get("DetectedIssue", "status") is None
+    assert registry.get("DeviceDefinition", "classification") is None
+    assert registry.get("ServiceRequest", "order-detail") is None
+    # XPath-only parameters are known but not searchable, like _content.
+    assert registry.definition(f"{SP}patient-extensions-Patient-age") is not None
+    assert registry.get("Patient", "age") is None
+    assert sum(len(registry.params_for(t)) for t in registry.resource_types) == 2575
+
+
+def test_parameters_on_extensions(fast: IndexExtractor, slow: IndexExtractor) -> None:
+    gene = {"coding": [{"system": "http://www.genenames.org", "code": "HGNC:3236"}]}
+    observation = {
+        "resourceType": "Observation",
+        "extension": [
+            {"url": f"{SD}observation-geneticsGene", "valueCodeableConcept": gene},
+            {"url": "http://example.org/other", "valueString": "x"},
+        ],
+    }
+    expected = [TokenValue("http://www.genenames.org", "HGNC:3236")]
+    assert fast.extract(observation).values["gene-identifier"] == expected
+    assert slow.extract(observation).values["gene-identifier"] == expected
+    report = {
+        "resourceType": "DiagnosticReport",
+        "extension": [
+            {
+                "url": f"{SD}DiagnosticReport-geneticsAssessedCondition",
+                "valueReference": {"reference": "Condition/c1"},
+            }
+        ],
+    }
+    values = fast.extract(report).values
+    assert values["assessed-condition"] == [ReferenceValue("Condition", "c1")]
+    assert values == slow.extract(report).values
 
 
 # --- normalisation, dates and decimals ---------------------------------------------------

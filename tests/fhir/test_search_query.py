@@ -150,7 +150,10 @@ def test_references(registry: SearchRegistry) -> None:
 
     assert ref("subject", "Patient/123") == ReferenceQuery("Patient", "123", None)
     assert ref("subject", "123") == ReferenceQuery(None, "123", None)
-    assert ref("patient", "123") == ReferenceQuery("Patient", "123", None)  # single target
+    assert ref("specimen", "123") == ReferenceQuery("Specimen", "123", None)  # single target
+    # R4's clinical-patient lists Patient and Group as targets, so a bare id stays untyped
+    # (the index only holds Patient references: `subject.where(resolve() is Patient)`).
+    assert ref("patient", "123") == ReferenceQuery(None, "123", None)
     assert ref("subject:Patient", "123") == ReferenceQuery("Patient", "123", None)
     assert ref("subject", "http://h/fhir/Patient/9") == ReferenceQuery(
         "Patient", "9", "http://h/fhir/Patient/9"

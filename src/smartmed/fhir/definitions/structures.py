@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from smartmed.fhir.definitions import package
 from smartmed.fhir.definitions.valuesets import Terminology
 
 # Element.kind; PRIMITIVE_EXT is a primitive's ``_name`` sibling (json.html#primitive)
@@ -38,8 +37,6 @@ FHIR_VERSION = "4.0.1"
 _FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 _REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 _SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
-_BUNDLES = ("profiles-types.json", "profiles-resources.json")
-_TERMINOLOGY = ("valuesets.json", "v3-codesystems.json", "v2-tables.json")
 # datatypes.html: integers are 32-bit; positiveInt ≥ 1 and unsignedInt ≥ 0.
 _INT_RANGES = {"integer": (-(2**31), 2**31 - 1), "positiveInt": (1, 2**31 - 1)}
 _INT_RANGES["unsignedInt"] = (0, 2**31 - 1)
@@ -381,18 +378,9 @@ class _Compiler:
         return known or None
 
 
-def _entries(path: Path) -> list[dict[str, Any]]:
-    bundle = orjson.loads(path.read_bytes())
-    return [entry["resource"] for entry in bundle.get("entry", []) if "resource" in entry]
-
-
 def load_model(definitions_dir: Path) -> Model:
-    """Read the definition bundles in a folder and compile them into a Model."""
-    sds = [
-        r
-        for bundle in _BUNDLES
-        for r in _entries(definitions_dir / bundle)
-        if r.get("resourceType") == "StructureDefinition"
-    ]
-    terminology = Terminology(r for name in _TERMINOLOGY for r in _entries(definitions_dir / name))
+    """Read the base StructureDefinitions and the terminology of the definitions package
+    and compile them into a Model."""
+    sds = package.base_structure_definitions(definitions_dir)
+    terminology = Terminology(package.terminology(definitions_dir))
     return _Compiler(sds, terminology).compile()

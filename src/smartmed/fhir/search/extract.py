@@ -370,11 +370,24 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
+def _extension_value(extension: dict[str, Any]) -> Node:
+    """An Extension's ``value[x]`` and its datatype (None for a primitive)."""
+    for key, value in extension.items():
+        if key.startswith("value") and len(key) > 5:
+            return value, key[5:] if type(value) is dict else None
+    return None, None
+
+
 def to_index_values(kind: str, nodes: list[Node]) -> list[IndexValue]:
     """Index values of a parameter of type ``kind`` for evaluated nodes, deduplicated."""
     convert = CONVERTERS[kind]
     values: list[IndexValue] = []
     for data, type_ in nodes:
+        if type_ == "Extension" and type(data) is dict:
+            # A parameter on an extension (``X.extension('url')``) indexes its value.
+            data, type_ = _extension_value(data)
+            if data is None:
+                continue
         if type_ and type(data) is not dict and type_[0].isupper() and type_[:7] != "System.":
             continue  # a primitive where the model wants a datatype: invalid, not indexed
         values.extend(convert(data, type_))

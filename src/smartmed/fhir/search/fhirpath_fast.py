@@ -3,8 +3,8 @@
 fhirpathpy costs 10-30 µs per expression, far too slow to index every parameter of every
 write. Almost all R4 SearchParameter expressions are plain paths with a few filters, so
 ``compile_fast`` turns that subset (path steps, choice types, ``as``/``ofType``, ``[n]``,
-``where(resolve() is T)``, ``where(field = 'literal')``, unions) into closures. Anything
-else goes to fhirpathpy, compiled once.
+``where(resolve() is T)``, ``where(field = 'literal')``, ``extension('url')``, unions)
+into closures. Anything else goes to fhirpathpy, compiled once.
 
 Both evaluators return ``Node`` pairs ``(json data, type)``, where the type is what
 fhirpathpy itself infers from its R4 model (``path2Type`` etc.): both use the same model
@@ -312,6 +312,9 @@ class _Parser:
             step = _type_filter(self.type_name())
         elif name == "where":
             step = self.where_condition()
+        elif name == "extension":
+            # extension('url') is extension.where(url = 'url') (fhirpath.html#functions)
+            step = _sequence([_member("extension"), _field_equals("url", self.literal())])
         else:
             raise Unsupported(f"function {name}()")
         self.take("op", ")")
@@ -325,10 +328,13 @@ class _Parser:
             self.take("id", "is")
             return _resolve_is(self.type_name())
         self.take("op", "=")
+        return _field_equals(field, self.literal())
+
+    def literal(self) -> str:
         literal = self.take("str")[1:-1]
         if "\\" in literal:
             raise Unsupported("escaped literal")
-        return _field_equals(field, literal)
+        return literal
 
 
 def compile_fast(expression: str) -> Evaluator:

@@ -1,12 +1,33 @@
 """Registry of the official FHIR R4 search parameters, per resource type.
 
-Loaded from ``search-parameters.json`` (the R4 4.0.1 SearchParameter bundle). Many
+Loaded from the SearchParameters of the R4 4.0.1 definitions package (``package.py``:
+those of the specification, examples left out). Many
 definitions are shared by several resource types, with an expression such as
 ``AllergyIntolerance.patient | CarePlan.subject.where(resolve() is Patient) | ...``; the
 registry splits such unions so that each type keeps only its own part
 (https://hl7.org/fhir/R4/searchparameter.html: ``base`` lists the types, ``expression``
 their paths). ``Resource.x`` parts are rewritten as ``<Type>.x`` because FHIRPath
 engines (fhirpathpy included) filter the root by the concrete resource type.
+
+Besides the 1375 parameters of the resources, the package defines 21 on extensions
+(``<resource>-extensions-*``, ``*-genetic-*``). Those that cannot work are dropped
+(:func:`load_search_parameters` says which and why):
+
+- no ``base`` (``SearchParameter.base`` is 1..*): the ten ``codesystem-extensions-*`` and
+  ``valueset-extensions-*`` ones, which have no expression either;
+- an expression naming an extension R4 does not define, so it can never match:
+  ``device-extensions-Device-din`` (its "extension" URL is the SearchParameter's own),
+  ``patient-extensions-Patient-mothersMaidenName`` (the extension is
+  ``patient-mothersMaidenName``), the four ``observation-genetic-*`` ones on
+  ``observation-geneticsAminoAcidChangeName``/``observation-geneticsDnaVariant`` (R4 has
+  ``observation-geneticsAminoAcidChange``/``observation-geneticsVariant``, complex
+  extensions), ``questionnaireresponse-extensions-QuestionnaireResponse-item-subject``
+  (``questionnaireresponse-isSubject`` is not an R4 extension).
+
+Kept and indexed: ``gene-identifier`` (Observation) and ``assessed-condition``
+(DiagnosticReport); the extractor indexes an Extension by its value. Kept but not
+searchable, like ``_text``/``_content``/``_query``: ``patient-extensions-Patient-age`` and
+``-birthOrderBoolean``, which have an XPath but no FHIRPath expression.
 """
 
 from __future__ import annotations
@@ -17,12 +38,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from smartmed.fhir.definitions import package
 from smartmed.fhir.search.fhirpath_fast import RESOURCE_TYPES, is_type, split_union
 
 _ABSTRACT = ("Resource", "DomainResource")
 _ROOT = re.compile(r"^\(*([A-Za-z_]\w*)")
+_EXTENSION_URL = re.compile(r"\b(?:extension|hasExtension)\(\s*'([^']*)'\s*\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +95,13 @@ class SearchRegistry:
             types = [t for t in self._by_type if is_type(t, base)] if base in _ABSTRACT else [base]
             for resource_type in types:
                 params = self._by_type.setdefault(resource_type, {})
-                if sp["code"] in params:
-                    continue
+                restricted = _restrict(parts, resource_type)
+                if sp["code"] in params or restricted is None:
+                    continue  # None: no part of the expression is about this type
                 params[sp["code"]] = SearchParam(
                     code=sp["code"],
                     type=sp["type"],
-                    expression=_restrict(parts, resource_type) or expression,
+                    expression=restricted,
                     targets=tuple(sp.get("target", ())),
                     url=sp["url"],
                     components=components,
@@ -103,8 +125,33 @@ class SearchRegistry:
         return self._by_url.get(url)
 
 
+def _unusable(sp: dict[str, Any], definitions_dir: Path) -> str | None:
+    """Why a SearchParameter of the package cannot be used, or None."""
+    if not sp.get("base"):
+        return "no base (SearchParameter.base is 1..*)"
+    for url in _EXTENSION_URL.findall(sp.get("expression") or ""):
+        if not package.defines_extension(definitions_dir, url):
+            return f"the expression uses the extension {url}, which R4 does not define"
+    return None
+
+
+def load_search_parameters(
+    definitions_dir: Path,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The usable SearchParameters of the definitions package, and the dropped ones'
+    canonical URLs with the reason for each."""
+    kept: list[dict[str, Any]] = []
+    dropped: dict[str, str] = {}
+    for sp in package.search_parameters(definitions_dir):
+        reason = _unusable(sp, definitions_dir)
+        if reason is None:
+            kept.append(sp)
+        else:
+            dropped[sp["url"]] = reason
+    return kept, dropped
+
+
 @lru_cache(maxsize=4)
 def get_registry(definitions_dir: Path) -> SearchRegistry:
-    """The registry built from ``search-parameters.json`` in the definitions folder."""
-    bundle = orjson.loads((definitions_dir / "search-parameters.json").read_bytes())
-    return SearchRegistry([entry["resource"] for entry in bundle.get("entry", ())])
+    """The registry built from the SearchParameters of the definitions package."""
+    return SearchRegistry(load_search_parameters(definitions_dir)[0])
