@@ -86,7 +86,7 @@ async def database_url(
 @pytest.fixture(scope="session")
 async def app(database_url: str) -> AsyncIterator[FastAPI]:
     """The application on the session's database, started (lifespan run)."""
-    need((ROOT / "node_modules" / "@medplum" / "definitions").is_dir(), "run `npm ci` first")
+    need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
     application = create_app(Settings(database_url=database_url, max_body_bytes=BODY_LIMIT))
     async with application.router.lifespan_context(application):
         yield application

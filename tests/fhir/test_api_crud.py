@@ -258,3 +258,31 @@ async def test_validate_operation(client: httpx.AsyncClient) -> None:
     assert bad.json()["issue"][0]["expression"] == ["Patient.gender"]
     unknown = await client.post("Patient/$nope", json=patient())
     assert unknown.status_code == 404
+
+
+async def test_decimals_keep_their_precision(client: httpx.AsyncClient) -> None:
+    # datatypes.html#decimal: "0.010 is regarded as different to 0.01"
+    raw = (
+        b'{"resourceType":"Observation","status":"final","code":{"text":"HbA1c"},'
+        b'"component":['
+        b'{"code":{"text":"a"},"valueQuantity":{"value":6.50,"unit":"%"}},'
+        b'{"code":{"text":"b"},"valueQuantity":{"value":1.000E-22}},'
+        b'{"code":{"text":"c"},"valueQuantity":{"value":123456789012345678901234567890.10}}]}'
+    )
+    created = await client.post("Observation", content=raw)
+    assert created.status_code == 201, created.text
+    text = (await client.get(f"Observation/{created.json()['id']}")).text
+    for literal in ("6.50", "1.000E-22", "123456789012345678901234567890.10"):
+        assert literal in text.replace(" ", "") or _pg_equivalent(literal, text)
+    found = await client.get(
+        "Observation", params={"_id": created.json()["id"], "component-value-quantity": "6.5"}
+    )
+    assert found.json()["total"] == 1
+
+
+def _pg_equivalent(literal: str, text: str) -> bool:
+    """PostgreSQL JSONB keeps the digits but may print exponents expanded."""
+    from decimal import Decimal
+
+    expanded = format(Decimal(literal), "f")
+    return expanded in text

@@ -25,7 +25,7 @@ GET      /{type}/{id}/_history/{vid}            vread
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -92,6 +92,17 @@ def _type(request: Request, engine: FhirEngine) -> str:
     if type_ not in engine.resource_types:
         raise NotFound(f"unknown resource type '{type_}'", expression="type")
     return type_
+
+
+_RENDERING = frozenset({"_format", "_pretty"})
+
+
+def _same_version(header: str, version: int) -> bool:
+    """Whether an If-None-Match value names ``version`` (``W/"2"``, ``"2"`` or ``2``)."""
+    try:
+        return bundles.parse_etag(header) == version
+    except Invalid:
+        return False
 
 
 def _if_match(request: Request) -> int | None:
@@ -283,6 +294,12 @@ def build_router() -> APIRouter:
         raw, body = await json_body(request, engine.settings)
         prefer = Prefer.parse(request)
         if_none_exist = request.headers.get("if-none-exist")
+        criteria = [(k, v) for k, v in request.query_params.multi_items() if k not in _RENDERING]
+        if if_none_exist is None and criteria:
+            # Some clients (fhirpy's get_or_create) send the criteria of a conditional
+            # create in the URL instead of If-None-Exist; honour them rather than ignore
+            # them, which would silently create a duplicate.
+            if_none_exist = urlencode(criteria)
 
         async def work(conn: Any) -> Response:
             outcome = await interactions.create(
@@ -326,7 +343,8 @@ def build_router() -> APIRouter:
         type_ = _type(request, engine)
         async with engine.db.read() as conn:
             stored = await engine.repository(conn).read(type_, request.path_params["id"])
-        if request.headers.get("if-none-match") == stored.etag:
+        if_none_match = request.headers.get("if-none-match")
+        if if_none_match is not None and _same_version(if_none_match, stored.version_id):
             return Response(status_code=304, headers={"ETag": stored.etag})
         return resource_response(request, stored, 200, prefer=Prefer())
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
-import orjson
 
+from smartmed.fhir import jsonio
 from smartmed.fhir.errors import Invalid, OutcomeIssue, PreconditionFailed, Unprocessable
 from smartmed.fhir.model import StoredResource
 from smartmed.fhir.repository import Repository, advisory_lock
@@ -96,7 +96,7 @@ async def patch(
     if not isinstance(operations, list):
         raise Invalid("a JSON Patch body must be an array of operations")
     assert current.content is not None
-    document = orjson.loads(current.content)
+    document = jsonio.loads(current.content)
     try:
         patched = jsonpatch.JsonPatch(operations).apply(document)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from smartmed.fhir import jsonio
 from smartmed.fhir.errors import (
     Conflict,
     Gone,
@@ -271,7 +271,7 @@ class Repository:
             if key not in stamped:
                 stamped[key] = value
         index = self.services.extractor.extract(stamped)
-        return orjson.dumps(stamped).decode(), index
+        return jsonio.dumps(stamped), index
 
     async def _clear_index(self, pk: int) -> None:
         for table in INDEX_TABLES.values():

@@ -10,6 +10,7 @@ import orjson
 from fastapi import Request
 
 from smartmed.config import Settings
+from smartmed.fhir import jsonio
 from smartmed.fhir.errors import Invalid, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -68,7 +69,7 @@ async def json_body(
     if not raw.strip():
         raise Invalid("the request body is empty")
     try:
-        body = orjson.loads(raw)
+        body = jsonio.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Invalid(f"the body is not valid JSON: {exc}") from None
     check_depth(body, settings.max_json_depth)

@@ -14,6 +14,7 @@ import calendar
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def json_type(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -186,7 +187,8 @@ def _integer_checker(name: str, low: int, high: int) -> Checker:
 
 
 def _decimal_check(value: Any) -> Problem | None:
-    if type(value) is float or type(value) is int:
+    # Decimal: smartmed.fhir.jsonio parses fractional numbers exactly (precision matters).
+    if type(value) is float or type(value) is int or type(value) is Decimal:
         return None
     return "structure", f"expected a number (decimal), got {json_type(value)}"
 

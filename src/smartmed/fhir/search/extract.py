@@ -193,7 +193,7 @@ def _token(data: Any, type_: str | None) -> Iterable[IndexValue]:
         return [TokenValue(None, "true" if data else "false")]
     if isinstance(data, str):
         return [TokenValue(None, data)] if data else []
-    if isinstance(data, int | float):
+    if isinstance(data, int | float | Decimal):
         return [TokenValue(None, str(data))]
     if not isinstance(data, dict):
         return []

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from smartmed.fhir import jsonio
 from smartmed.fhir.errors import Invalid, OutcomeIssue, operation_outcome
 from smartmed.fhir.repository import EngineServices
 from smartmed.fhir.search.query import SearchError, SearchRequest, parse_search
@@ -144,7 +145,8 @@ async def search_bundle(
     has_next = len(rows) > count
     rows = rows[:count]
     total: int | None = None
-    if request.summary == "count" or request.total in ("accurate", "estimate"):
+    # search.html#count: _count=0 is treated like _summary=count (the total, no entries).
+    if request.summary == "count" or count == 0 or request.total in ("accurate", "estimate"):
         total = (
             await conn.execute(select(func.count()).select_from(resource).where(*conds))
         ).scalar_one()
@@ -187,7 +189,7 @@ async def search_bundle(
 
 
 def _only_elements(content: str, elements: set[str]) -> str:
-    document = orjson.loads(content)
+    document = jsonio.loads(content)
     keep = {"resourceType", "id", "meta"} | elements
     subset = {k: v for k, v in document.items() if k in keep}
     meta = dict(subset.get("meta") or {})
@@ -200,7 +202,7 @@ def _only_elements(content: str, elements: set[str]) -> str:
         },
     ]
     subset["meta"] = meta
-    return orjson.dumps(subset).decode()
+    return jsonio.dumps(subset)
 
 
 def _non_negative(raw: str, name: str) -> int:
