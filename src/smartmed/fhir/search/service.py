@@ -1,9 +1,9 @@
 """Run searches: parse the request, query the store, render the ``searchset`` Bundle.
 
 Results are ordered by ``_sort`` keys (then insertion order, so ties are stable) and
-paged by offset within a snapshot: the first page pins the newest resource key it saw,
-and the next/previous links carry it, so resources created while a client pages never
-shift the pages it has yet to read.
+paged by offset within a snapshot: a first page that has a next page pins the newest
+resource key that exists, and the next/previous links carry it, so resources created
+while a client pages never shift the pages it has yet to read.
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ def parse(
 
 def _conditions(services: EngineServices, type_: str, request: SearchRequest) -> list[Any]:
     res = resource
-    conds: list[Any] = [res.c.type == type_, res.c.deleted.is_(False)]
+    type_column: Any = res.c.type
+    if request.params and not services.is_postgres:
+        # `type || ''` keeps SQLite from driving the query by the type index (every
+        # resource of the type) instead of by the parameters' matching keys.
+        type_column = res.c.type.op("||")("")
+    conds: list[Any] = [type_column == type_, res.c.deleted.is_(False)]
     for parsed in request.params:
         conds.append(param_condition(res, type_, parsed, is_postgres=services.is_postgres))
     return conds
@@ -124,13 +129,10 @@ async def search_bundle(
         raise Invalid(f"_summary={request.summary} is not supported yet", expression="_summary")
     control = dict(items)
     offset = request.offset
-    snapshot = _non_negative(control.get("_snapshot", "0"), "_snapshot")
+    snapshot: int | None = _non_negative(control.get("_snapshot", "0"), "_snapshot") or None
     conds = _conditions(services, type_, request)
-    if snapshot == 0:
-        snapshot = (
-            await conn.execute(select(func.coalesce(func.max(resource.c.pk), 0)))
-        ).scalar_one()
-    conds.append(resource.c.pk <= snapshot)
+    if snapshot is not None:
+        conds.append(resource.c.pk <= snapshot)
     count = services.default_count if request.count is None else request.count
     rows: list[Any] = []
     if request.summary != "count" and count > 0:
@@ -144,6 +146,11 @@ async def search_bundle(
         rows = list((await conn.execute(stmt)).all())
     has_next = len(rows) > count
     rows = rows[:count]
+    if has_next and snapshot is None:
+        # Pin the pages that follow to what exists now (one extra query, only when paging).
+        snapshot = (
+            await conn.execute(select(func.coalesce(func.max(resource.c.pk), 0)))
+        ).scalar_one()
     total: int | None = None
     # search.html#count: _count=0 is treated like _summary=count (the total, no entries).
     if request.summary == "count" or count == 0 or request.total in ("accurate", "estimate"):
@@ -157,7 +164,8 @@ async def search_bundle(
         kept = [(k, v) for k, v in kept if k.split(":")[0] not in request.unknown]
 
     def link(relation: str, at: int) -> dict[str, str]:
-        query = urlencode(kept + [("_snapshot", str(snapshot)), ("_offset", str(at))])
+        pinned = [("_snapshot", str(snapshot))] if snapshot is not None else []
+        query = urlencode(kept + pinned + [("_offset", str(at))])
         return {"relation": relation, "url": f"{base_url}/{type_}?{query}"}
 
     links = [link("self", offset)]

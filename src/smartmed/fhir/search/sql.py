@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, false, not_, or_, select
 from sqlalchemy.sql import FromClause
 
 from smartmed.fhir.errors import Invalid
@@ -65,18 +65,21 @@ def param_condition(
     if kind not in INDEX_TABLES:
         raise Invalid(f"searching by {kind} parameter '{code}' is not supported", expression=code)
     table = INDEX_TABLES[kind].alias()
-    base = and_(table.c.res_pk == res.c.pk, table.c.resource_type == type_, table.c.param == code)
+    # ``pk IN (SELECT res_pk ...)`` rather than a correlated EXISTS: both databases then
+    # drive from the (small) set of matching index rows instead of probing every resource.
+    base = and_(table.c.resource_type == type_, table.c.param == code)
     if parsed.modifier == "missing":
         wanted = parsed.values[0].raw == "true" if parsed.values else True
-        any_row = exists().where(base)
-        return not_(any_row) if wanted else any_row
+        having = select(table.c.res_pk).where(base)
+        return res.c.pk.not_in(having) if wanted else res.c.pk.in_(having)
     options = [
         _value_condition(table, kind, parsed.modifier, t, is_postgres) for t in parsed.values
     ]
+    matching = select(table.c.res_pk).where(base, or_(*options))
     if parsed.modifier == "not" and kind == "token":
         # :not matches resources that have no value equal to any of the terms.
-        return not_(exists().where(base, or_(*options)))
-    return exists().where(base, or_(*options))
+        return res.c.pk.not_in(matching)
+    return res.c.pk.in_(matching)
 
 
 def _value_condition(
@@ -194,12 +197,12 @@ def _chain_condition(
     (ref_code, target_type), *rest = parsed.chain
     ref = INDEX_TABLES["reference"].alias()
     target = resource.alias()
+    joined = ref.join(
+        target, and_(target.c.type == ref.c.target_type, target.c.id == ref.c.target_id)
+    )
     cond = and_(
-        ref.c.res_pk == res.c.pk,
         ref.c.resource_type == type_,
         ref.c.param == ref_code,
-        target.c.type == ref.c.target_type,
-        target.c.id == ref.c.target_id,
         target.c.deleted == false(),
     )
     if target_type:
@@ -207,6 +210,5 @@ def _chain_condition(
     # Unqualified chains (several possible target types) match on the target's own type.
     inner_type: TypeExpr = target_type or target.c.type
     inner = replace(parsed, chain=tuple(rest))
-    return exists(
-        select(1).where(cond, param_condition(target, inner_type, inner, is_postgres=is_postgres))
-    )
+    inner_cond = param_condition(target, inner_type, inner, is_postgres=is_postgres)
+    return res.c.pk.in_(select(ref.c.res_pk).select_from(joined).where(cond, inner_cond))

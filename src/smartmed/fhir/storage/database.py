@@ -46,7 +46,18 @@ class Database:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size
             kwargs["pool_pre_ping"] = False
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+            # generic plan that ignores the values, e.g. driving an Observation search from
+            # a common code instead of the one subject (46 ms instead of 0.5 ms, measured).
+            kwargs["connect_args"] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # PostgreSQL reads run without BEGIN/ROLLBACK round trips: one statement, one trip.
+        # (SQLite has no round trips, and its driver-level transaction control is ours.)
+        self._read_engine = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -66,8 +77,8 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; one snapshot per transaction."""
-        async with self.engine.connect() as conn:
+        """A connection for reads, in autocommit mode (each statement sees committed data)."""
+        async with self._read_engine.connect() as conn:
             yield conn
 
     async def dispose(self) -> None:
