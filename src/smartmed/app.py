@@ -21,6 +21,7 @@ from smartmed.fhir.errors import FhirError, OutcomeIssue, operation_outcome
 from smartmed.fhir.request import FHIR_JSON
 from smartmed.fhir.storage.migrate import is_current, migrate
 from smartmed.logging import configure_logging
+from smartmed.metrics import MetricsMiddleware, metrics_endpoint
 
 log = structlog.get_logger("smartmed.app")
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(FhirError)
     async def fhir_error(_request: Request, exc: FhirError) -> Response:
@@ -103,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _outcome(500, "exception", "internal error; the request was not applied")
 
     app.include_router(build_router())
+
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
