@@ -9,6 +9,7 @@ its own savepoint and reports each entry's outcome.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from smartmed.fhir import interactions
+from smartmed.fhir import interactions, jsonio
 from smartmed.fhir.errors import (
     FhirError,
     Invalid,
@@ -25,7 +26,7 @@ from smartmed.fhir.errors import (
     operation_outcome,
 )
 from smartmed.fhir.interactions import Outcome
-from smartmed.fhir.model import ID_RE, fhir_instant, http_date
+from smartmed.fhir.model import ID_RE, fhir_instant
 from smartmed.fhir.repository import EngineServices, Repository, new_id
 from smartmed.fhir.search.service import match_ids, search_bundle
 
@@ -343,8 +344,6 @@ async def _execute(repo: Repository, entry: Entry, base_url: str) -> Outcome:
 
 
 def _binary_patch(entry: Entry) -> Any:
-    import base64
-
     resource = entry.resource or {}
     if resource.get("resourceType") != "Binary" or "data" not in resource:
         raise Invalid(
@@ -352,7 +351,7 @@ def _binary_patch(entry: Entry) -> Any:
             expression=f"Bundle.entry[{entry.index}].resource",
         )
     try:
-        return orjson.loads(base64.b64decode(resource["data"]))
+        return jsonio.loads(base64.b64decode(resource["data"]))
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise Invalid(
             f"the Binary data is not a JSON Patch: {exc}",
@@ -401,7 +400,6 @@ def _response_bundle(
         parts.append(
             "{" + head + resource_part + '"response":' + orjson.dumps(response).decode() + "}"
         )
-    _ = http_date  # Last-Modified headers are rendered by the API; bundles use FHIR instants.
     return '{"resourceType":"Bundle","type":"' + kind + '","entry":[' + ",".join(parts) + "]}"
 
 
