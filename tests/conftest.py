@@ -27,6 +27,10 @@ PG_ADMIN_URL = os.environ.get(
 ROOT = Path(__file__).resolve().parents[1]
 BODY_LIMIT = 40 * 1024 * 1024  # the largest official example (Bundle-resources) is 30 MB compact
 EXAMPLES = ROOT / "node_modules" / "hl7.fhir.r4.examples"
+# Third-party conformance material beside the project (never copied into it).
+CONFORMANCE = Path(
+    os.environ.get("SMARTMED_CONFORMANCE_DIR", ROOT.parent / "shared" / "conformance")
+)
 
 
 def need(condition: bool, reason: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -75,6 +76,21 @@ def demo(
         load_demo(get_settings(), residents=residents, seed=seed, if_empty=if_empty)
     )
     typer.echo(summary)
+
+
+@app.command("import")
+def import_command(
+    files: Annotated[
+        list[Path], typer.Argument(help="Bundle files (.json, or .ndjson with one per line)")
+    ],
+) -> None:
+    """Import FHIR transaction/batch Bundles (e.g. Synthea); a bad bundle is rejected whole."""
+    from smartmed.exchange.importer import import_files
+
+    report = asyncio.run(import_files(get_settings(), files))
+    typer.echo(report.summary())
+    if report.failed:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -2,60 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from sqlalchemy import select
 
 from smartmed.config import Settings
+from smartmed.console import progress
 from smartmed.demo.generator import generate_county
 from smartmed.fhir import bundles
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.storage.migrate import is_current, migrate
 from smartmed.fhir.storage.tables import resource
-
-_PLAIN_PROGRESS_EVERY = 100  # bundles between two progress lines when rich is missing
-
-
-class _Advance(Protocol):
-    def __call__(self, residents: int) -> None: ...
-
-
-@contextmanager
-def _progress(total: int) -> Iterator[_Advance]:
-    """A progress display on stderr counting residents: rich's bar, else a line now and then."""
-    try:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    except ImportError:  # pragma: no cover - rich comes with typer
-        done = [0, 0]
-
-        def plain(residents: int) -> None:
-            done[0] += residents
-            done[1] += 1
-            if done[1] % _PLAIN_PROGRESS_EVERY == 0 or done[0] >= total:
-                print(f"demo: {done[0]}/{total} residents loaded", file=sys.stderr, flush=True)
-
-        yield plain
-        return
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    ) as bar:
-        task = bar.add_task("residents", total=total)
-
-        def rich_advance(residents: int) -> None:
-            bar.advance(task, residents)
-
-        yield rich_advance
 
 
 def _tally(
@@ -120,7 +80,7 @@ async def load_demo(settings: Settings, *, residents: int, seed: int, if_empty: 
         reused: Counter[str] = Counter()
         households = 0
         started = time.perf_counter()
-        with _progress(residents) as advance:
+        with progress(residents, "residents") as advance:
             for number, bundle in enumerate(generate_county(residents=residents, seed=seed)):
                 async with engine.db.write() as conn:
                     response = await bundles.transaction(
