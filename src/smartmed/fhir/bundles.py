@@ -142,13 +142,52 @@ async def transaction(
     repo = Repository(conn, services)
     await _resolve_identities(repo, entries)
     outcomes: dict[int, Outcome] = {}
-    for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
+    ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+    # The creates of a transaction are written together: one statement per table for the
+    # whole bundle instead of several per resource (they run after the DELETEs, as the
+    # spec orders them, and before any PUT/PATCH/GET).
+    creates = [e for e in ordered if e.method == "POST-ID"]
+    first_later = next((i for i, e in enumerate(ordered) if _ORDER[e.method] > 1), len(ordered))
+    for entry in ordered[:first_later]:
+        if entry.method == "DELETE":
+            outcomes[entry.index] = await _run(repo, entry, base_url)
+    if creates:
+        await _create_all(repo, creates, outcomes)
+    for entry in ordered:
+        if entry.index not in outcomes:
+            outcomes[entry.index] = await _run(repo, entry, base_url)
+    return _response_bundle("transaction-response", entries, outcomes, {}, return_resources)
+
+
+async def _run(repo: Repository, entry: Entry, base_url: str) -> Outcome:
+    """Execute one entry, locating any error inside the bundle."""
+    try:
+        return await _execute(repo, entry, base_url)
+    except FhirError as exc:
+        exc.issues = [_in_entry(entry, issue) for issue in exc.issues]
+        raise
+
+
+async def _create_all(repo: Repository, creates: list[Entry], outcomes: dict[int, Outcome]) -> None:
+    """Write the transaction's new resources in one batch."""
+    items: list[tuple[dict[str, Any], str | None]] = []
+    for entry in creates:
+        assert entry.resource is not None
         try:
-            outcomes[entry.index] = await _execute(repo, entry, base_url)
+            interactions._check_type(entry.type_, entry.resource)
         except FhirError as exc:
             exc.issues = [_in_entry(entry, issue) for issue in exc.issues]
             raise
-    return _response_bundle("transaction-response", entries, outcomes, {}, return_resources)
+        items.append((entry.resource, entry.id_))
+    try:
+        stored = await repo.create_many(items)
+    except FhirError as exc:
+        if exc.position is not None:
+            failed = creates[exc.position]
+            exc.issues = [_in_entry(failed, issue) for issue in exc.issues]
+        raise
+    for entry, version in zip(creates, stored, strict=True):
+        outcomes[entry.index] = Outcome(201, version)
 
 
 def _in_entry(entry: Entry, issue: OutcomeIssue) -> OutcomeIssue:

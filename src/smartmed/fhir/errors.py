@@ -56,6 +56,8 @@ class FhirError(Exception):
     ) -> None:
         super().__init__(diagnostics)
         self.issues = issues or [OutcomeIssue("error", self.code, diagnostics, expression)]
+        # Which of several items failed, when one call wrote many (Repository.create_many).
+        self.position: int | None = None
 
 
 class Invalid(FhirError):

@@ -132,25 +132,51 @@ class Repository:
 
     async def create(self, body: dict[str, Any], *, id_: str | None = None) -> StoredResource:
         """Store a new resource with a server-assigned id (or ``id_`` when given)."""
-        type_ = _resource_type(body)
-        id_ = id_ or new_id()
+        return (await self.create_many([(body, id_)]))[0]
+
+    async def create_many(
+        self, items: list[tuple[dict[str, Any], str | None]]
+    ) -> list[StoredResource]:
+        """Store new resources with one statement per table, however many there are.
+
+        An invalid resource raises ``Invalid`` with ``position`` set to its index in
+        ``items``, before anything is written.
+        """
         now = utcnow()
-        content, index = self._prepare(body, type_, id_, 1, now)
-        pk = (
-            await self.conn.execute(
-                insert(resource).returning(resource.c.pk),
-                {
-                    "type": type_,
-                    "id": id_,
-                    "version_id": 1,
-                    "last_updated": now,
-                    "deleted": False,
-                    "content": content,
-                },
-            )
-        ).scalar_one()
-        await self._after_write(pk, type_, id_, 1, now, "create", content, index)
-        return StoredResource(type_, id_, 1, now, False, content)
+        prepared: list[tuple[str, str, str, ResourceIndex]] = []
+        for position, (body, id_) in enumerate(items):
+            try:
+                type_ = _resource_type(body)
+                id_ = id_ or new_id()
+                content, index = self._prepare(body, type_, id_, 1, now)
+            except Invalid as exc:
+                exc.position = position
+                raise
+            prepared.append((type_, id_, content, index))
+        if not prepared:
+            return []
+        rows = [
+            {
+                "type": t,
+                "id": i,
+                "version_id": 1,
+                "last_updated": now,
+                "deleted": False,
+                "content": c,
+            }
+            for t, i, c, _ in prepared
+        ]
+        result = await self.conn.execute(
+            insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), rows
+        )
+        pks = [row.pk for row in result]
+        await self._after_writes(
+            [
+                _Write(pk, t, i, 1, now, "create", c, x)
+                for pk, (t, i, c, x) in zip(pks, prepared, strict=True)
+            ]
+        )
+        return [StoredResource(t, i, 1, now, False, c) for t, i, c, _ in prepared]
 
     async def update(
         self, type_: str, id_: str, body: dict[str, Any], *, if_match: int | None = None
@@ -288,31 +314,59 @@ class Repository:
         content: str | None,
         index: ResourceIndex | None,
     ) -> None:
+        await self._after_writes([_Write(pk, type_, id_, version, now, action, content, index)])
+
+    async def _after_writes(self, writes: list[_Write]) -> None:
+        """History rows, index rows and outbox events of several writes: one statement each."""
         await self.conn.execute(
             insert(resource_history),
-            {
-                "type": type_,
-                "id": id_,
-                "version_id": version,
-                "last_updated": now,
-                "action": action,
-                "content": content,
-            },
+            [
+                {
+                    "type": w.type_,
+                    "id": w.id_,
+                    "version_id": w.version,
+                    "last_updated": w.now,
+                    "action": w.action,
+                    "content": w.content,
+                }
+                for w in writes
+            ],
         )
-        if index is not None:
-            for kind, rows in index_rows(pk, type_, index).items():
-                if rows:
-                    await self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+        by_table: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_TABLES}
+        for w in writes:
+            if w.index is not None:
+                for kind, rows in index_rows(w.pk, w.type_, w.index).items():
+                    by_table[kind].extend(rows)
+        for kind, rows in by_table.items():
+            if rows:
+                await self.conn.execute(insert(INDEX_TABLES[kind]), rows)
         await self.conn.execute(
             insert(outbox),
-            {
-                "created_at": now,
-                "resource_type": type_,
-                "resource_id": id_,
-                "version_id": version,
-                "action": action,
-            },
+            [
+                {
+                    "created_at": w.now,
+                    "resource_type": w.type_,
+                    "resource_id": w.id_,
+                    "version_id": w.version,
+                    "action": w.action,
+                }
+                for w in writes
+            ],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One stored version, for the rows that follow it (history, index, outbox)."""
+
+    pk: int
+    type_: str
+    id_: str
+    version: int
+    now: datetime
+    action: str
+    content: str | None
+    index: ResourceIndex | None
 
 
 def _resource_type(body: dict[str, Any]) -> str:
