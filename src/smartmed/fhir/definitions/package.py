@@ -130,3 +130,14 @@ def defines_extension(folder: Path, url: str) -> bool:
     except (OSError, orjson.JSONDecodeError):
         return False
     return isinstance(sd, dict) and sd.get("type") == "Extension" and sd.get("url") == url
+
+
+def structure_definition(folder: Path, name: str) -> Resource | None:
+    """The base StructureDefinition of one resource or datatype, read from its own file."""
+    if not name.isalnum():
+        return None
+    try:
+        sd = orjson.loads((folder / f"StructureDefinition-{name}.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return sd if isinstance(sd, dict) and is_base_type(sd) and sd.get("type") == name else None

@@ -111,6 +111,26 @@ class ParsedParam:
 
 
 @dataclass(frozen=True, slots=True)
+class IncludeParam:
+    """``_include``/``_revinclude`` ``source:param[:target]``; ``*`` stands for any."""
+
+    reverse: bool
+    source: str
+    param: str
+    target: str | None
+    iterate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HasParam:
+    """``_has:source:reference:rest``: a live ``source`` refers here and matches ``rest``."""
+
+    source: str
+    reference: str
+    inner: ParsedParam | HasParam
+
+
+@dataclass(frozen=True, slots=True)
 class SearchRequest:
     """A parsed search: AND-ed parameters plus the result controls."""
 
@@ -125,6 +145,8 @@ class SearchRequest:
     include: tuple[str, ...]
     revinclude: tuple[str, ...]
     unknown: tuple[str, ...]
+    includes: tuple[IncludeParam, ...] = ()
+    has: tuple[HasParam, ...] = ()
 
 
 PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"})
@@ -352,18 +374,49 @@ class _Parser:
             keys.append((code, descending))
         return keys
 
-    def include(self, name: str, value: str) -> str:
-        pieces = value.split(":")
+    def include(self, key: str, value: str) -> IncludeParam:
+        """``Type:param[:target]``, ``Type:*`` or ``*`` (search.html#include)."""
+        name, _, modifier = key.partition(":")
+        # R4 names it :iterate; :recurse is the STU3 spelling, still accepted.
+        if modifier not in ("", "iterate", "recurse"):
+            raise SearchError(f"{name} does not take the modifier ':{modifier}'", name)
+        reverse, iterate = name == "_revinclude", bool(modifier)
         if value == "*":
-            return value
+            return IncludeParam(reverse, "*", "*", None, iterate)
+        pieces = value.split(":")
         if len(pieces) not in (2, 3):
             raise SearchError(f"{name} must be Type:parameter[:target], got '{value}'", name)
-        param = self.registry.get(pieces[0], pieces[1])
+        source, code = pieces[0], pieces[1]
+        target = pieces[2] if len(pieces) == 3 else None
+        known = self.registry.resource_types
+        if code == "*" and source in known:
+            if target is not None and target not in known:
+                raise SearchError(f"{name}: unknown target type '{target}'", name)
+            return IncludeParam(reverse, source, code, target, iterate)
+        param = self.registry.get(source, code)
         if param is None or param.type != "reference":
-            raise SearchError(f"{name}: '{pieces[0]}:{pieces[1]}' is not a reference", name)
-        if len(pieces) == 3 and pieces[2] not in param.targets:
-            raise SearchError(f"{name}: '{pieces[1]}' cannot refer to {pieces[2]}", name)
-        return value
+            raise SearchError(f"{name}: '{source}:{code}' is not a reference", name)
+        if target is not None and target not in (param.targets or known):
+            raise SearchError(f"{name}: '{code}' cannot refer to {target}", name)
+        return IncludeParam(reverse, source, code, target, iterate)
+
+    def has(self, key: str, value: str) -> HasParam | None:
+        """``_has:Type:reference:param`` (search.html#has), nesting allowed."""
+        pieces = key.split(":", 3)
+        if len(pieces) != 4 or not all(pieces):
+            raise SearchError(f"_has must be _has:Type:reference:parameter, got '{key}'", key)
+        _, source, code, rest = pieces
+        link = self.registry.get(source, code)
+        if link is None or link.type != "reference":
+            raise SearchError(f"_has: '{source}:{code}' is not a reference", key)
+        if link.targets and self.resource_type not in link.targets:
+            raise SearchError(f"_has: '{source}:{code}' cannot refer to {self.resource_type}", key)
+        inner = _Parser(source, self.registry, strict=True)
+        try:
+            found = inner.has(rest, value) if rest.startswith("_has:") else inner.param(rest, value)
+        except SearchError as exc:
+            raise SearchError(str(exc), key) from None
+        return None if found is None else HasParam(source, code, found)
 
 
 def parse_search(
@@ -383,9 +436,15 @@ def parse_search(
     elements: list[str] = []
     include: list[str] = []
     revinclude: list[str] = []
+    includes: list[IncludeParam] = []
+    has: list[HasParam] = []
     for key, value in items:
         name = key.partition(":")[0]
-        if name not in RESULT_PARAMS:
+        if name == "_has":
+            found_has = parser.has(key, value)
+            if found_has is not None:
+                has.append(found_has)
+        elif name not in RESULT_PARAMS:
             parsed = parser.param(key, value)
             if parsed is not None:
                 params.append(parsed)
@@ -406,10 +465,9 @@ def parse_search(
             if value not in _TOTAL:
                 raise SearchError(f"_total must be one of {sorted(_TOTAL)}", "_total")
             total = value
-        elif name == "_include":
-            include.append(parser.include(name, value))
-        elif name == "_revinclude":
-            revinclude.append(parser.include(name, value))
+        elif name in ("_include", "_revinclude"):
+            includes.append(parser.include(key, value))
+            (revinclude if includes[-1].reverse else include).append(value)
         # _format and _pretty concern the response rendering only.
     return SearchRequest(
         resource_type=resource_type,
@@ -423,4 +481,6 @@ def parse_search(
         include=tuple(include),
         revinclude=tuple(revinclude),
         unknown=tuple(parser.unknown),
+        includes=tuple(includes),
+        has=tuple(has),
     )

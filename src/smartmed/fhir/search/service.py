@@ -4,28 +4,36 @@ Results are ordered by ``_sort`` keys (then insertion order, so ties are stable)
 paged by offset within a snapshot: a first page that has a next page pins the newest
 resource key that exists, and the next/previous links carry it, so resources created
 while a client pages never shift the pages it has yet to read.
+
+Each page carries its ``_include``/``_revinclude`` resources (``include.py``, not counted
+in ``total``), ``_summary``/``_elements`` subsets (``summary.py``), ``_has`` reverse chains
+(``has.py``); a compartment search passes its restriction in ``restrict``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from smartmed.fhir import jsonio
 from smartmed.fhir.errors import Invalid, OutcomeIssue, operation_outcome
 from smartmed.fhir.repository import EngineServices
+from smartmed.fhir.search.has import has_condition
+from smartmed.fhir.search.include import Found, resolve_includes
 from smartmed.fhir.search.query import SearchError, SearchRequest, parse_search
 from smartmed.fhir.search.sql import SUPPORTED_KINDS, param_condition
+from smartmed.fhir.search.summary import SUBSET_MODES, only_elements, summarize
 from smartmed.fhir.storage.tables import INDEX_TABLES, resource
 
 __all__ = ["SUPPORTED_KINDS", "match_ids", "search_bundle"]
 
-_CONTROL = ("_snapshot",)
+_CONTROL = ("_snapshot", "_contained", "_containedType")
+_CONTAINED_DEFAULTS = (("_contained", "false"), ("_containedType", "container"))
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]").search
 
 
@@ -36,6 +44,9 @@ def parse(
     for key, value in items:
         if _CONTROL_CHARS(key) or _CONTROL_CHARS(value):
             raise Invalid("search parameters may not contain control characters", expression=key)
+        # search.html#contained: only the default, searching the container resources.
+        if key in _CONTROL[1:] and (key, value) not in _CONTAINED_DEFAULTS:
+            raise Invalid(f"{key}={value} is not supported (only the default)", expression=key)
     try:
         return parse_search(
             type_,
@@ -49,17 +60,24 @@ def parse(
         raise Invalid(str(exc), expression=exc.expression) from None
 
 
-def _conditions(services: EngineServices, type_: str, request: SearchRequest) -> list[Any]:
+def _conditions(
+    services: EngineServices,
+    type_: str,
+    request: SearchRequest,
+    restrict: Sequence[ColumnElement[bool]] = (),
+) -> list[Any]:
     res = resource
     type_column: Any = res.c.type
-    if request.params and not services.is_postgres:
+    if (request.params or request.has or restrict) and not services.is_postgres:
         # `type || ''` keeps SQLite from driving the query by the type index (every
         # resource of the type) instead of by the parameters' matching keys.
         type_column = res.c.type.op("||")("")
     conds: list[Any] = [type_column == type_, res.c.deleted.is_(False)]
     for parsed in request.params:
         conds.append(param_condition(res, type_, parsed, is_postgres=services.is_postgres))
-    return conds
+    for has in request.has:
+        conds.append(has_condition(res, type_, has, is_postgres=services.is_postgres))
+    return [*conds, *restrict]
 
 
 async def match_ids(
@@ -120,24 +138,24 @@ async def search_bundle(
     *,
     base_url: str,
     strict: bool,
+    path: str | None = None,
+    restrict: Sequence[ColumnElement[bool]] = (),
 ) -> str:
-    """Run a type-level search and return the ``searchset`` Bundle JSON."""
+    """Run a type-level search (within ``restrict``) and return the ``searchset`` Bundle JSON.
+
+    ``path`` is where the links point (default ``type_``; a compartment's own path)."""
     request = parse(services, type_, items, strict=strict)
-    if request.include or request.revinclude:
-        raise Invalid("_include and _revinclude are not supported yet", expression="_include")
-    if request.summary not in (None, "false", "count"):
-        raise Invalid(f"_summary={request.summary} is not supported yet", expression="_summary")
     control = dict(items)
     offset = request.offset
     snapshot: int | None = _non_negative(control.get("_snapshot", "0"), "_snapshot") or None
-    conds = _conditions(services, type_, request)
+    conds = _conditions(services, type_, request, restrict)
     if snapshot is not None:
         conds.append(resource.c.pk <= snapshot)
     count = services.default_count if request.count is None else request.count
     rows: list[Any] = []
     if request.summary != "count" and count > 0:
         stmt = (
-            select(resource.c.id, resource.c.content)
+            select(resource.c.pk, resource.c.id, resource.c.content)
             .where(*conds)
             .order_by(*_order_by(services, type_, request))
             .limit(count + 1)
@@ -157,16 +175,17 @@ async def search_bundle(
         total = (
             await conn.execute(select(func.count()).select_from(resource).where(*conds))
         ).scalar_one()
-    elif offset == 0 and not has_next:
+    elif offset == 0 and not has_next and request.total != "none":
         total = len(rows)
     kept = [(k, v) for k, v in items if k not in ("_snapshot", "_offset")]
     if request.unknown:
         kept = [(k, v) for k, v in kept if k.split(":")[0] not in request.unknown]
+    where = path or type_
 
     def link(relation: str, at: int) -> dict[str, str]:
         pinned = [("_snapshot", str(snapshot))] if snapshot is not None else []
         query = urlencode(kept + pinned + [("_offset", str(at))])
-        return {"relation": relation, "url": f"{base_url}/{type_}?{query}"}
+        return {"relation": relation, "url": f"{base_url}/{where}?{query}"}
 
     links = [link("self", offset)]
     if has_next:
@@ -174,43 +193,35 @@ async def search_bundle(
     if offset > 0:
         links.append(link("previous", max(0, offset - count)))
     head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if total is not None:
+    # _total=none omits the total, unless it is all that was asked for (_summary=count).
+    if total is not None and (request.total != "none" or count == 0 or request.summary == "count"):
         head["total"] = total
     head["link"] = links
+    matches = [Found(row.pk, type_, row.id, row.content) for row in rows]
+    included = await resolve_includes(conn, matches, request.includes, snapshot=snapshot)
+    summary = request.summary if request.summary in SUBSET_MODES else None
     elements = set(request.elements)
     parts = []
-    for row in rows:
-        content = row.content
-        if elements:
-            content = _only_elements(content, elements)
-        full_url = orjson.dumps(f"{base_url}/{type_}/{row.id}").decode()
-        parts.append(f'{{"fullUrl":{full_url},"resource":{content},"search":{{"mode":"match"}}}}')
+    for mode, found in [("match", m) for m in matches] + [
+        ("include", i) for i in included.resources
+    ]:
+        content = found.content
+        if summary is not None:
+            content = summarize(content, summary)
+        elif elements and mode == "match":
+            content = only_elements(content, elements)
+        full_url = orjson.dumps(f"{base_url}/{found.type}/{found.id}").decode()
+        parts.append(f'{{"fullUrl":{full_url},"resource":{content},"search":{{"mode":"{mode}"}}}}')
+    issues = []
     if request.unknown:
-        issue = OutcomeIssue(
-            "warning",
-            "not-supported",
-            "ignored unknown search parameters: " + ", ".join(request.unknown),
-        )
-        outcome = orjson.dumps(operation_outcome([issue])).decode()
+        text = "ignored unknown search parameters: " + ", ".join(request.unknown)
+        issues.append(OutcomeIssue("warning", "not-supported", text))
+    if included.warning is not None:
+        issues.append(OutcomeIssue("warning", "too-costly", "included " + included.warning))
+    if issues:
+        outcome = orjson.dumps(operation_outcome(issues)).decode()
         parts.append(f'{{"resource":{outcome},"search":{{"mode":"outcome"}}}}')
     return orjson.dumps(head).decode()[:-1] + ',"entry":[' + ",".join(parts) + "]}"
-
-
-def _only_elements(content: str, elements: set[str]) -> str:
-    document = jsonio.loads(content)
-    keep = {"resourceType", "id", "meta"} | elements
-    subset = {k: v for k, v in document.items() if k in keep}
-    meta = dict(subset.get("meta") or {})
-    # search.html#elements: a subset is marked SUBSETTED so nobody mistakes it for the whole.
-    meta["tag"] = [
-        *meta.get("tag", []),
-        {
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-            "code": "SUBSETTED",
-        },
-    ]
-    subset["meta"] = meta
-    return jsonio.dumps(subset)
 
 
 def _non_negative(raw: str, name: str) -> int:
