@@ -18,6 +18,7 @@ PATCH    /{type}/{id}                           patch (JSON Patch)
 DELETE   /{type}/{id}                           delete
 GET      /{type}/{id}/_history                  history-instance
 GET      /{type}/{id}/_history/{vid}            vread
+GET      /{type}/{id}/{compartment type}        search-compartment
 *        /$op, /{type}/$op, /{type}/{id}/$op    operations
 =======  =====================================  ==========================
 """
@@ -54,6 +55,7 @@ from smartmed.fhir.request import (
     negotiate,
     parse_instant_param,
 )
+from smartmed.fhir.search.compartment import compartment_search
 from smartmed.fhir.search.service import search_bundle
 
 PREFIX = "/fhir/R4"
@@ -281,6 +283,13 @@ def build_router() -> APIRouter:
 
     for path in ("/{op:fop}", "/{type:ftype}/{op:fop}", "/{type:ftype}/{id:fid}/{op:fop}"):
         router.add_api_route(path, operation, methods=["GET", "POST"], include_in_schema=False)
+    # Compartment search; `_history` and `$op` never match a type, so no route shadows another.
+    router.add_api_route(
+        "/{type:ftype}/{id:fid}/{ctype:ftype}",
+        compartment_search,
+        methods=["GET"],
+        include_in_schema=False,
+    )
 
     @router.get("/{type:ftype}", include_in_schema=False)
     async def search(request: Request) -> Response:
