@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from smartmed.fhir.errors import Invalid, OutcomeIssue, operation_outcome
+from smartmed.fhir.everything import EVERYTHING
 from smartmed.fhir.operations import (
     Operation,
     OperationCall,
@@ -37,6 +38,7 @@ async def _validate(call: OperationCall) -> OperationResult:
 
 def register_builtin_operations(registry: OperationRegistry) -> None:
     """Register the engine's own operations."""
+    registry.register(EVERYTHING)
     registry.register(
         Operation(
             name="validate",
