@@ -1,0 +1,303 @@
+"""SQL dialects: the JSON and collection primitives the compiler assembles queries from.
+
+One class per engine: DuckDB (embedded default), PostgreSQL (JSONB in the store) and
+Spark SQL. Identifiers and literals are rendered by SQLGlot for the target dialect;
+everything else is a small, explicit template per engine. A collection (FHIRPath's
+ordered list) is a :class:`Coll`: FROM items joined laterally, filters, the element's
+SQL and its order keys; ``first()``/``join()``/``exists()`` become correlated
+subqueries over it (https://build.fhir.org/ig/FHIR/sql-on-fhir-v2/#processing-model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from smartmed.analytics.types import BOOL, INT, NUM, TEXT
+
+
+class Unsupported(Exception):
+    """A construct this dialect cannot express."""
+
+
+@dataclass(slots=True)
+class Coll:
+    """A collection as SQL: ``SELECT value FROM sources WHERE conds ORDER BY order``."""
+
+    sources: list[str]
+    value: str
+    order: list[str]
+    conds: list[str] = field(default_factory=list)
+    native: str | None = None  # SQL kind of ``value`` when not JSON
+
+
+class Dialect:
+    """Shared SQL; subclasses override what differs."""
+
+    name = ""
+    sqlglot = ""
+    types = {BOOL: "BOOLEAN", INT: "BIGINT", NUM: "DOUBLE", TEXT: "VARCHAR", "json": "JSON"}
+
+    def ident(self, name: str) -> str:
+        """A quoted identifier."""
+        return exp.to_identifier(name, quoted=True).sql(self.sqlglot)
+
+    def literal(self, value: object) -> str:
+        """A SQL literal for a Python str, bool, int or Decimal."""
+        if isinstance(value, bool):
+            return "TRUE" if value else "FALSE"
+        if isinstance(value, str):
+            return exp.Literal.string(value).sql(self.sqlglot)
+        return exp.Literal.number(value).sql(self.sqlglot)
+
+    def cast(self, sql: str, kind: str) -> str:
+        """CAST to the SQL type of a kind."""
+        return f"CAST({sql} AS {self.types[kind]})"
+
+    # --- JSON -------------------------------------------------------------------------
+    def field(self, json: str, key: str) -> str:
+        """The JSON child ``key`` of an object (NULL when absent)."""
+        return f"({json} -> {self.literal(key)})"
+
+    def field_text(self, json: str, key: str) -> str:
+        """The child ``key`` of an object as text."""
+        return f"({json} ->> {self.literal(key)})"
+
+    def text(self, json: str) -> str:
+        """A JSON scalar as text (strings unquoted)."""
+        raise NotImplementedError
+
+    def to_json(self, sql: str, kind: str) -> str:
+        """A native value as JSON."""
+        return f"to_json({sql})"
+
+    def json_text(self, json: str) -> str:
+        """A JSON value serialised, for complex-typed output columns."""
+        return f"CAST({json} AS VARCHAR)"
+
+    def elements(self, json: str, alias: str) -> str:
+        """A FROM item over a JSON array: columns ``{alias}.v`` and an order key."""
+        raise NotImplementedError
+
+    def index(self, alias: str) -> str:
+        """The 0-based position of an element from :meth:`elements`."""
+        raise NotImplementedError
+
+    def lateral(self, item: str) -> str:
+        """Join a further FROM item that refers to the previous ones."""
+        return f" CROSS JOIN LATERAL {item}"
+
+    # --- collections ----------------------------------------------------------------
+    def _from(self, coll: Coll, extra: str | None = None) -> str:
+        sql = " FROM " + coll.sources[0] + "".join(self.lateral(s) for s in coll.sources[1:])
+        conds = [*coll.conds, f"{coll.value} IS NOT NULL"] + ([extra] if extra else [])
+        return sql + " WHERE " + " AND ".join(conds)
+
+    def _order(self, coll: Coll) -> str:
+        return " ORDER BY " + ", ".join(coll.order) if coll.order else ""
+
+    def first(self, coll: Coll, offset: str | None = None) -> str:
+        """The first (or offset-th) element, NULL when there is none."""
+        skip = f" OFFSET {offset}" if offset is not None else ""
+        return f"(SELECT {coll.value}{self._from(coll)}{self._order(coll)} LIMIT 1{skip})"
+
+    def exists(self, coll: Coll) -> str:
+        """TRUE when the collection has an element."""
+        return f"EXISTS (SELECT 1{self._from(coll)})"
+
+    def count(self, coll: Coll) -> str:
+        """The number of elements."""
+        return f"(SELECT count(*){self._from(coll)})"
+
+    def join(self, coll: Coll, text: str, sep: str) -> str:
+        """The elements' text joined with ``sep`` ('' when empty)."""
+        agg = f"string_agg({text}, {sep}{self._order(coll)})"
+        return f"COALESCE((SELECT {agg}{self._from(coll)}), '')"
+
+    def array(self, coll: Coll, item: str, kind: str) -> str:
+        """The elements as a SQL array of ``kind`` (empty array when none)."""
+        raise NotImplementedError
+
+    def with_index(self, coll: Coll) -> str:
+        """A subquery over the collection with columns v and i (0-based position)."""
+        if len(coll.order) == 1:
+            index = coll.order[0]
+        else:
+            index = f"row_number() OVER ({self._order(coll).strip()}) - 1"
+        return f"(SELECT {coll.value} AS v, {index} AS i{self._from(coll)})"
+
+    def regex_group(self, text: str, pattern: str, group: int) -> str:
+        """Capture group of a regex match, NULL when no match."""
+        return f"NULLIF(regexp_extract({text}, {self.literal(pattern)}, {group}), '')"
+
+    def today(self) -> str:
+        """Today's date as ISO text."""
+        return f"CAST(current_date AS {self.types[TEXT]})"
+
+    def shift_date(self, text: str, months: int, days: int) -> str:
+        """An ISO date text moved by months and days, as ISO text."""
+        raise NotImplementedError
+
+    def int_array(self, items: list[str]) -> str:
+        """An array of integers (repeat paths)."""
+        return "[" + ", ".join(items) + "]"
+
+    def concat_arrays(self, left: str, right: str) -> str:
+        """Two arrays concatenated."""
+        return f"list_concat({left}, {right})"
+
+    def one_row(self, alias: str) -> str:
+        """A FROM item with one row and no columns of interest."""
+        return f"(SELECT 1 AS one) AS {alias}"
+
+
+class DuckDB(Dialect):
+    """DuckDB: JSON type, json_each for arrays, lists for collections."""
+
+    name = sqlglot = "duckdb"
+
+    def text(self, json: str) -> str:
+        return f"({json} ->> '$')"
+
+    def elements(self, json: str, alias: str) -> str:
+        return f"json_each({json}) AS {alias}(k, v)"
+
+    def index(self, alias: str) -> str:
+        return f"CAST({alias}.k AS INTEGER)"
+
+    def array(self, coll: Coll, item: str, kind: str) -> str:
+        return f"COALESCE((SELECT list({item}{self._order(coll)}){self._from(coll)}), [])"
+
+    def shift_date(self, text: str, months: int, days: int) -> str:
+        moved = f"CAST({text} AS DATE) + INTERVAL ({months}) MONTH + INTERVAL ({days}) DAY"
+        return f"CAST(CAST({moved} AS DATE) AS VARCHAR)"
+
+
+class Postgres(Dialect):
+    """PostgreSQL: JSONB, jsonb_array_elements WITH ORDINALITY, arrays."""
+
+    name = "postgresql"
+    sqlglot = "postgres"
+    types = {
+        BOOL: "BOOLEAN",
+        INT: "BIGINT",
+        NUM: "DOUBLE PRECISION",
+        TEXT: "TEXT",
+        "json": "JSONB",
+    }
+
+    def text(self, json: str) -> str:
+        return f"({json} #>> '{{}}')"
+
+    def to_json(self, sql: str, kind: str) -> str:
+        return f"to_jsonb({sql})"
+
+    def json_text(self, json: str) -> str:
+        return f"CAST({json} AS TEXT)"
+
+    def elements(self, json: str, alias: str) -> str:
+        return f"jsonb_array_elements({json}) WITH ORDINALITY AS {alias}(v, k)"
+
+    def index(self, alias: str) -> str:
+        return f"({alias}.k - 1)"
+
+    def array(self, coll: Coll, item: str, kind: str) -> str:
+        agg = f"array_agg({item}{self._order(coll)})"
+        empty = f"CAST(ARRAY[] AS {self.types[kind]}[])"
+        return f"COALESCE((SELECT {agg}{self._from(coll)}), {empty})"
+
+    def regex_group(self, text: str, pattern: str, group: int) -> str:
+        return f"(regexp_match({text}, {self.literal(pattern)}))[{group}]"
+
+    def shift_date(self, text: str, months: int, days: int) -> str:
+        interval = f"make_interval(months => {months}, days => {days})"
+        return f"CAST(CAST(CAST({text} AS DATE) + {interval} AS DATE) AS TEXT)"
+
+    def int_array(self, items: list[str]) -> str:
+        return "ARRAY[" + ", ".join(items) + "]::INTEGER[]"
+
+    def concat_arrays(self, left: str, right: str) -> str:
+        return f"({left} || {right})"
+
+
+class Spark(Dialect):
+    """Spark SQL: JSON as STRING, get_json_object/from_json, posexplode, ordered arrays.
+
+    Primitive values are plain text (``get_json_object`` unquotes strings), complex ones
+    JSON text. Spark refuses correlated recursive CTEs, so ``repeat`` is unsupported.
+    """
+
+    name = sqlglot = "spark"
+    types = {BOOL: "BOOLEAN", INT: "BIGINT", NUM: "DOUBLE", TEXT: "STRING", "json": "STRING"}
+
+    def field(self, json: str, key: str) -> str:
+        return f"get_json_object({json}, {self.literal('$.' + key)})"
+
+    def field_text(self, json: str, key: str) -> str:
+        return self.field(json, key)
+
+    def text(self, json: str) -> str:
+        return json
+
+    def to_json(self, sql: str, kind: str) -> str:
+        return self.cast(sql, TEXT)
+
+    def json_text(self, json: str) -> str:
+        return json
+
+    def elements(self, json: str, alias: str) -> str:
+        return f"posexplode(from_json({json}, 'array<string>')) AS {alias}(k, v)"
+
+    def index(self, alias: str) -> str:
+        return f"{alias}.k"
+
+    def lateral(self, item: str) -> str:
+        return f", LATERAL {item}"
+
+    def _sorted(self, coll: Coll, item: str) -> str:
+        keys = ", ".join(f"'o{i}', {o}" for i, o in enumerate(coll.order)) or "'o', 0"
+        pairs = f"collect_list(named_struct('o', named_struct({keys}), 'v', {item}))"
+        return f"transform(array_sort({pairs}), x -> x.v)"
+
+    def first(self, coll: Coll, offset: str | None = None) -> str:
+        position = f"{offset} + 1" if offset is not None else "1"
+        return f"(SELECT try_element_at({self._sorted(coll, coll.value)}, {position})" + (
+            f"{self._from(coll)})"
+        )
+
+    def join(self, coll: Coll, text: str, sep: str) -> str:
+        joined = f"array_join({self._sorted(coll, text)}, {sep})"
+        return f"COALESCE((SELECT {joined}{self._from(coll)}), '')"
+
+    def array(self, coll: Coll, item: str, kind: str) -> str:
+        return f"(SELECT {self._sorted(coll, item)}{self._from(coll)})"
+
+    def with_index(self, coll: Coll) -> str:
+        if len(coll.order) != 1:
+            raise Unsupported("a forEach over a nested collection needs one order key on Spark")
+        return super().with_index(coll)
+
+    def regex_group(self, text: str, pattern: str, group: int) -> str:
+        return f"NULLIF(regexp_extract({text}, {self.literal(pattern)}, {group}), '')"
+
+    def today(self) -> str:
+        return "CAST(current_date() AS STRING)"
+
+    def shift_date(self, text: str, months: int, days: int) -> str:
+        moved = f"date_add(add_months(CAST({text} AS DATE), {months}), {days})"
+        return f"CAST({moved} AS STRING)"
+
+    def int_array(self, items: list[str]) -> str:
+        raise Unsupported("repeat is not supported on Spark (no correlated recursive CTE)")
+
+
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (DuckDB(), Postgres(), Spark())}
+
+
+def dialect(name: str) -> Dialect:
+    """A dialect by name: duckdb, postgresql or spark."""
+    try:
+        return DIALECTS[name]
+    except KeyError:
+        raise ValueError(f"unknown SQL dialect {name!r}; use one of {sorted(DIALECTS)}") from None
