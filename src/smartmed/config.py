@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/smartmed.db"
@@ -37,6 +37,20 @@ class Settings(BaseSettings):
         default=None, description="Public base URL of the FHIR API; derived from requests if unset"
     )
     log_level: str = "INFO"
+    # Identity and access (docs/identity.md).
+    auth_required: bool = Field(
+        default=False, description="Every /fhir/R4 request (but metadata) needs a bearer token"
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="Encrypts signing keys and TOTP secrets; dev default: var/"
+    )
+    issuer: str | None = Field(default=None, description="OAuth issuer; from the request if unset")
+    access_token_seconds: int = Field(default=900, ge=30, le=86400)
+    refresh_token_seconds: int = Field(default=30 * 86400, ge=60)
+    session_idle_seconds: int = Field(default=900, ge=30)
+    signing_key_rotation_seconds: int = Field(default=30 * 86400, ge=3600)
+    login_max_failures: int = Field(default=5, ge=1)
+    auth_rate_per_minute: int = Field(default=60, ge=1, description="per client IP and account")
     log_json: bool = False
 
 

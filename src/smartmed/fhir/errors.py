@@ -4,6 +4,8 @@
 
     FhirError (status, issues)
     ├── Invalid              400  bad input; issues carry FHIRPath expressions
+    ├── Unauthorized         401  no or bad bearer token (``WWW-Authenticate: Bearer``)
+    ├── Forbidden            403  the token's scopes do not allow the interaction
     ├── NotFound             404  unknown type, id or version
     ├── MethodNotAllowed     405
     ├── NotAcceptable        406  a response format we don't serve
@@ -63,6 +65,21 @@ class FhirError(Exception):
 class Invalid(FhirError):
     status = 400
     code = "invalid"
+
+
+class Unauthorized(FhirError):
+    status = 401
+    code = "login"
+
+    def __init__(self, diagnostics: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(diagnostics)
+        challenge = 'Bearer realm="smartmed"' + (f', error="{error}"' if error else "")
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(FhirError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(FhirError):
