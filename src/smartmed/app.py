@@ -20,6 +20,8 @@ from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import FhirError, OutcomeIssue, operation_outcome
 from smartmed.fhir.request import FHIR_JSON
 from smartmed.fhir.storage.migrate import is_current, migrate
+from smartmed.identity.middleware import FhirAuthMiddleware
+from smartmed.identity.router import build_identity_router
 from smartmed.logging import configure_logging
 from smartmed.metrics import MetricsMiddleware, metrics_endpoint
 
@@ -81,13 +83,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(FhirAuthMiddleware)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(FhirError)
     async def fhir_error(_request: Request, exc: FhirError) -> Response:
         return Response(
-            orjson.dumps(operation_outcome(exc.issues)), exc.status, media_type=FHIR_JSON
+            orjson.dumps(operation_outcome(exc.issues)),
+            exc.status,
+            headers=getattr(exc, "headers", None),
+            media_type=FHIR_JSON,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -104,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", error_type=type(exc).__name__)
         return _outcome(500, "exception", "internal error; the request was not applied")
 
+    app.include_router(build_identity_router())
     app.include_router(build_router())
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)

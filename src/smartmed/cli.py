@@ -93,5 +93,9 @@ def import_command(
         raise typer.Exit(code=1)
 
 
+from smartmed.identity.cli import client_app  # noqa: E402
+
+app.add_typer(client_app, name="client")
+
 if __name__ == "__main__":
     app()
