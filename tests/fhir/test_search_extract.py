@@ -23,11 +23,14 @@ from smartmed.fhir.search.extract import (
 )
 from smartmed.fhir.search.fhirpath_fast import compile_expression, compile_fhirpathpy
 from smartmed.fhir.search.index import (
+    CompositeValue,
     DateValue,
+    GeoValue,
     NumberValue,
     QuantityValue,
     ReferenceValue,
     StringValue,
+    TextValue,
     TokenValue,
     UriValue,
 )
@@ -36,6 +39,7 @@ from smartmed.fhir.search.params import SearchRegistry, get_registry, load_searc
 IN_CI = os.environ.get("CI", "").lower() == "true"
 EXAMPLES = Path(__file__).resolve().parents[2] / "node_modules" / "hl7.fhir.r4.examples"
 UCUM = "http://unitsofmeasure.org"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 # (file, parameter) pairs where the fast path may legitimately differ from fhirpathpy.
 KNOWN_DIFFERENCES: frozenset[tuple[str, str]] = frozenset()
 
@@ -59,6 +63,7 @@ def folder() -> Path:
 
 @pytest.fixture(scope="module")
 def registry(folder: Path) -> SearchRegistry:
+    get_extractor(folder)  # prepares the registry: _text/_content, composite component kinds
     return get_registry(folder)
 
 
@@ -92,6 +97,7 @@ def test_registry_splits_unions_per_type(registry: SearchRegistry) -> None:
         "_security": "token",
         "_source": "uri",
         "_tag": "token",
+        "_content": "string",
     }
     tag = registry.get("Patient", "_tag")
     assert tag is not None and tag.expression == "Patient.meta.tag"
@@ -99,7 +105,10 @@ def test_registry_splits_unions_per_type(registry: SearchRegistry) -> None:
     assert composite is not None and composite.type == "composite"
     assert composite.components[1][1] == "value.as(Quantity)"
     assert registry.get("Patient", "nope") is None
-    assert registry.get("Patient", "_content") is None  # no expression: unsupported
+    # R4 gives _text and _content no expression; search/support.py adds them.
+    content = registry.get("Patient", "_content")
+    assert content is not None and (content.type, content.expression) == ("string", None)
+    assert registry.get("Binary", "_text") is None  # _text is on DomainResource only
 
 
 SP = "http://hl7.org/fhir/SearchParameter/"
@@ -154,7 +163,8 @@ def test_package_search_parameters(folder: Path, registry: SearchRegistry) -> No
     # XPath-only parameters are known but not searchable, like _content.
     assert registry.definition(f"{SP}patient-extensions-Patient-age") is not None
     assert registry.get("Patient", "age") is None
-    assert sum(len(registry.params_for(t)) for t in registry.resource_types) == 2575
+    # 2575 from the package, plus _content on all 146 types and _text on 143 of them.
+    assert sum(len(registry.params_for(t)) for t in registry.resource_types) == 2575 + 289
 
 
 def test_parameters_on_extensions(fast: IndexExtractor, slow: IndexExtractor) -> None:
@@ -245,6 +255,13 @@ PATIENT: dict[str, Any] = {
     "identifier": [
         {"system": "urn:oid:1.2.156", "value": "110101", "type": {"text": "Résident ID"}},
         {"system": "urn:no-value"},
+        {
+            "system": "urn:oid:2.16.156.10011.1.2",
+            "value": "11010119900307001X",
+            "type": {
+                "coding": [{"system": V2_0203, "code": "NI"}, {"system": V2_0203, "code": "NNCHN"}]
+            },
+        },
     ],
     "active": True,
     "name": [
@@ -276,7 +293,12 @@ def test_patient_exact_values(fast: IndexExtractor) -> None:
     assert values["_tag"] == [TokenValue("http://example.org/tags", "vip", "vip")]
     assert values["_profile"] == [UriValue("http://example.org/StructureDefinition/p")]
     assert values["_source"] == [UriValue("http://example.org/source")]
-    assert values["identifier"] == [TokenValue("urn:oid:1.2.156", "110101", "resident id")]
+    resident = ("urn:oid:2.16.156.10011.1.2", "11010119900307001X", None)
+    assert values["identifier"] == [
+        TokenValue("urn:oid:1.2.156", "110101", "resident id"),
+        TokenValue(*resident, V2_0203, "NI"),  # one value per type coding, for :of-type
+        TokenValue(*resident, V2_0203, "NNCHN"),
+    ]
     assert values["active"] == [TokenValue(None, "true")]
     assert values["deceased"] == [TokenValue(None, "false")]
     assert values["gender"] == [TokenValue(None, "female")]
@@ -314,6 +336,7 @@ def test_patient_exact_values(fast: IndexExtractor) -> None:
         ReferenceValue("Practitioner", "d1"),
         ReferenceValue("Organization", "o9", "http://other.org/fhir/Organization/o9"),
         ReferenceValue(None, None, "urn:uuid:7f0b3bd6-93c3-4d4b-9b4a-6a0d0a1b2c3d"),
+        ReferenceValue(None, None, None, None, "only-identifier"),  # for :identifier
     ]
 
 
@@ -341,6 +364,7 @@ def test_deceased_variants(fast: IndexExtractor) -> None:
     ]
 
 
+KG_72_5 = QuantityValue(72.5, 72.45, 72.55, UCUM, "kg", "kg", 72500.0, 72450.0, 72550.0, "g")
 OBSERVATION: dict[str, Any] = {
     "resourceType": "Observation",
     "id": "o1",
@@ -377,12 +401,12 @@ def test_observation_exact_values(fast: IndexExtractor) -> None:
     assert values["patient"] == [ReferenceValue("Patient", "p1")]
     assert values["performer"] == [ReferenceValue("Practitioner", "d1")]
     assert values["date"] == [DateValue(day("2024-03-05T02:00:00"), datetime.max)]
-    assert values["value-quantity"] == [QuantityValue(72.5, 72.45, 72.55, UCUM, "kg", "kg")]
+    assert values["value-quantity"] == [KG_72_5]
     assert values["component-value-quantity"] == [
         QuantityValue(120.0, 119.5, 120.5, None, None, "mmHg")
     ]
     assert values["combo-value-quantity"] == [
-        QuantityValue(72.5, 72.45, 72.55, UCUM, "kg", "kg"),
+        KG_72_5,
         QuantityValue(120.0, 119.5, 120.5, None, None, "mmHg"),
     ]
     assert values["component-code"] == [
@@ -390,7 +414,18 @@ def test_observation_exact_values(fast: IndexExtractor) -> None:
         TokenValue(None, None, "note"),
     ]
     assert "value-string" not in values
-    assert "code-value-quantity" not in values  # composites are not extracted (yet)
+    loinc = TokenValue("http://loinc.org", "29463-7", "weight")
+    snomed = TokenValue("http://snomed.info/sct", "27113001", "weight")
+    assert values["code-value-quantity"] == [CompositeValue(((loinc, snomed), (KG_72_5,)))]
+    # The component without a quantity value has no component-code-value-quantity.
+    systolic = TokenValue(None, None, "systolic")
+    mmhg = QuantityValue(120.0, 119.5, 120.5, None, None, "mmHg")  # no UCUM system: not canonical
+    assert values["component-code-value-quantity"] == [CompositeValue(((systolic,), (mmhg,)))]
+    assert values["combo-code-value-quantity"] == [
+        CompositeValue(((loinc, snomed), (KG_72_5,))),
+        CompositeValue(((systolic,), (mmhg,))),
+    ]
+    assert "code-value-concept" not in values
     group = {**OBSERVATION, "subject": {"reference": "Group/g1"}}
     group_values = fast.extract(group).values
     assert group_values["subject"] == [ReferenceValue("Group", "g1")]
@@ -426,8 +461,9 @@ def test_quantity_money_range_and_number(fast: IndexExtractor) -> None:
         "resourceType": "Condition",
         "onsetAge": {"value": 52, "unit": "yr", "system": UCUM, "code": "a"},
     }
+    year = 31_557_600.0  # the Julian year, UCUM's `a`, in seconds
     assert fast.extract(condition).values["onset-age"] == [
-        QuantityValue(52.0, 51.5, 52.5, UCUM, "a", "yr")
+        QuantityValue(52.0, 51.5, 52.5, UCUM, "a", "yr", 52 * year, 51.5 * year, 52.5 * year, "s")
     ]
     condition = {"resourceType": "Condition", "onsetRange": {"low": {"value": 40, "code": "a"}}}
     assert fast.extract(condition).values["onset-age"] == [
@@ -478,7 +514,8 @@ def test_malformed_resources_do_not_raise(
         "component": "x",
         "performer": [None, {"reference": 7}],
     }
-    assert fast.extract(weird).values == {}
+    # Only the full text remains: every string of the resource.
+    assert fast.extract(weird).values == {"_content": [TextValue("observation patient/1 nan x")]}
     assert fast.extract({"resourceType": "NoSuchType", "id": "x"}).values == {}
     assert fast.extract({"id": "no type"}).values == {}
     assert caplog.records == []

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from smartmed.fhir.definitions.locate import DefinitionsNotFound, locate_definitions
+from smartmed.fhir.search.extract import get_extractor
 from smartmed.fhir.search.params import SearchRegistry, get_registry
 from smartmed.fhir.search.query import (
+    CompositeQuery,
     DateQuery,
+    NearQuery,
     NumberQuery,
     OfTypeQuery,
     ParsedParam,
@@ -21,6 +24,7 @@ from smartmed.fhir.search.query import (
     SearchRequest,
     SearchTerm,
     TokenQuery,
+    ValueSetQuery,
     parse_search,
     split_escaped,
     unescape,
@@ -38,6 +42,7 @@ def registry() -> SearchRegistry:
         if IN_CI:
             pytest.fail("required in CI: FHIR definitions (run `npm ci`)")
         pytest.skip("FHIR definitions not installed: run `npm ci`")
+    get_extractor(folder)  # prepares the registry: _text/_content, composite component kinds
     return get_registry(folder)
 
 
@@ -108,8 +113,14 @@ def test_token_forms(registry: SearchRegistry) -> None:
     assert text.values[0].value == "body weight"
     of_type = one(registry, "Patient", "identifier:of-type", "http://t.org|MR|123")
     assert of_type.values[0].value == OfTypeQuery("http://t.org", "MR", "123")
-    in_vs = one(registry, "Observation", "code:in", "http://example.org/vs")
-    assert in_vs.values[0].value == "http://example.org/vs"
+    gender = "http://hl7.org/fhir/administrative-gender"
+    in_vs = one(
+        registry, "Patient", "gender:in", "http://hl7.org/fhir/ValueSet/administrative-gender"
+    )
+    assert in_vs.values[0].value == ValueSetQuery(
+        "http://hl7.org/fhir/ValueSet/administrative-gender",
+        frozenset((gender, c) for c in ("male", "female", "other", "unknown")),
+    )
     negated = one(registry, "Patient", "gender:not", "male")
     assert negated.modifier == "not" and negated.values[0].value == TokenQuery(None, "male", False)
 
@@ -138,10 +149,35 @@ def test_number_and_quantity(registry: SearchRegistry) -> None:
     ]
     values = one(registry, "Observation", "value-quantity", f"le5.4|{UCUM}|mg,5.4||mg,ap-3").values
     assert [(t.prefix, t.value) for t in values] == [
-        ("le", QuantityQuery(5.4, 5.35, 5.45, UCUM, "mg")),
+        ("le", QuantityQuery(5.4, 5.35, 5.45, UCUM, "mg", (0.0054, 0.00535, 0.00545, "g"))),
         ("eq", QuantityQuery(5.4, 5.35, 5.45, None, "mg")),
         ("ap", QuantityQuery(-3.0, -3.5, -2.5, None, None)),
     ]
+    # A special unit keeps no canonical form: it matches by its code only.
+    celsius = one(registry, "Observation", "value-quantity", f"37|{UCUM}|Cel").values[0]
+    assert celsius.value == QuantityQuery(37.0, 36.5, 37.5, UCUM, "Cel")
+
+
+def test_composite_near_and_text(registry: SearchRegistry) -> None:
+    key = "code-value-quantity"
+    term = one(registry, "Observation", key, f"http://loinc.org|8480-6$gt140|{UCUM}|mm[Hg]")
+    value = term.values[0].value
+    assert isinstance(value, CompositeQuery)
+    code, quantity = value.terms
+    assert code.value == TokenQuery("http://loinc.org", "8480-6", True)
+    assert quantity.prefix == "gt"
+    assert isinstance(quantity.value, QuantityQuery) and quantity.value.canon is not None
+    assert quantity.value.canon[3] == "g.m-1.s-2"
+    escaped = one(registry, "Observation", "code-value-string", r"a\$b$x\$y").values[0].value
+    assert isinstance(escaped, CompositeQuery)
+    assert [t.value for t in escaped.terms] == [TokenQuery(None, "a$b", False), "x$y"]
+    near = one(registry, "Location", "near", "39.9|116.4|2|mi").values[0].value
+    assert near == NearQuery(39.9, 116.4, 2 * 1609.344)
+    assert one(registry, "Location", "near", "39.9|116.4").values[0].value == NearQuery(
+        39.9, 116.4, 10_000.0
+    )
+    assert one(registry, "Patient", "_content", "高血压 Ébert").values[0].value == "高血压 ebert"
+    assert one(registry, "Patient", "_text", "x").param.type == "string"
 
 
 def test_references(registry: SearchRegistry) -> None:
@@ -243,6 +279,20 @@ def test_lenient_collects_unknown(registry: SearchRegistry) -> None:
         ("Patient", "name:missing", "maybe", "true or false"),
         ("Patient", "identifier:of-type", "a|b", "system|code|value"),
         ("Patient", "identifier", "|", "Empty token"),
+        ("Observation", "code-value-quantity", "http://loinc.org|8480-6", "2 '$'-separated"),
+        ("Observation", "code-value-quantity", "a$b$c", "2 '$'-separated"),
+        ("Observation", "code-value-quantity", "a$", "2 '$'-separated"),
+        ("Observation", "code-value-quantity", "a$x140", "Invalid number"),
+        ("Observation", "value-quantity", f"5|{UCUM}|notaunit", "not a valid UCUM unit"),
+        ("Location", "near", "39.9", "latitude|longitude"),
+        ("Location", "near", "39.9||5", "latitude|longitude"),
+        ("Location", "near", "91|0|5|km", "within ±90"),
+        ("Location", "near", "1|2|x|km", "not a number"),
+        ("Location", "near", "1|2|5|kg", "unit of length"),
+        ("Patient", "gender:in", "http://example.org/no-such-vs", "unknown or cannot be expanded"),
+        ("Patient", "gender:not-in", "http://hl7.org/fhir/ValueSet/observation-codes", "unknown"),
+        ("Observation", "code:below", "http://loinc.org|8480-6", "not supported"),
+        ("Observation", "subject:above", "x", "not supported"),
     ],
 )
 def test_parameter_errors(

@@ -28,18 +28,9 @@ from smartmed.fhir.errors import (
     PreconditionFailed,
 )
 from smartmed.fhir.model import ID_RE, StoredResource, fhir_instant, utcnow
+from smartmed.fhir.search import rows as search_rows
 from smartmed.fhir.search.extract import IndexExtractor
-from smartmed.fhir.search.index import (
-    DateValue,
-    IndexValue,
-    NumberValue,
-    QuantityValue,
-    ReferenceValue,
-    ResourceIndex,
-    StringValue,
-    TokenValue,
-    UriValue,
-)
+from smartmed.fhir.search.index import ResourceIndex
 from smartmed.fhir.search.params import SearchRegistry
 from smartmed.fhir.storage.tables import (
     INDEX_TABLES,
@@ -380,51 +371,7 @@ def _resource_type(body: dict[str, Any]) -> str:
 
 def index_rows(pk: int, type_: str, index: ResourceIndex) -> dict[str, list[dict[str, Any]]]:
     """The rows to insert into each ``idx_*`` table for one resource's index values."""
-    rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_TABLES}
-    seen: set[tuple[str, IndexValue]] = set()
-    for param, values in index.values.items():
-        for value in values:
-            if (param, value) in seen:  # one row per distinct value is enough to match
-                continue
-            seen.add((param, value))
-            base = {"res_pk": pk, "resource_type": type_, "param": param}
-            match value:
-                case TokenValue():
-                    rows["token"].append(
-                        base | {"system": value.system, "code": value.code, "text": value.text}
-                    )
-                case StringValue():
-                    rows["string"].append(base | {"value": value.value, "norm": value.norm})
-                case ReferenceValue():
-                    rows["reference"].append(
-                        base
-                        | {
-                            "target_type": value.target_type,
-                            "target_id": value.target_id,
-                            "url": value.url,
-                        }
-                    )
-                case DateValue():
-                    rows["date"].append(base | {"low": value.low, "high": value.high})
-                case NumberValue():
-                    rows["number"].append(
-                        base | {"value": value.value, "low": value.low, "high": value.high}
-                    )
-                case QuantityValue():
-                    rows["quantity"].append(
-                        base
-                        | {
-                            "value": value.value,
-                            "low": value.low,
-                            "high": value.high,
-                            "system": value.system,
-                            "code": value.code,
-                            "unit": value.unit,
-                        }
-                    )
-                case UriValue():
-                    rows["uri"].append(base | {"value": value.value})
-    return rows
+    return search_rows.index_rows(pk, type_, index)
 
 
 async def advisory_lock(conn: AsyncConnection, key: str, *, is_postgres: bool) -> None:

@@ -357,6 +357,29 @@ def compile_fast(expression: str) -> Evaluator:
     return evaluate
 
 
+RelativeEvaluator = Callable[[list[Node], dict[str, Any]], list[Node]]
+
+
+def compile_relative(expression: str) -> RelativeEvaluator:
+    """Compile a composite component expression, evaluated on nodes of the composite's base
+    (https://hl7.org/fhir/R4/search.html#composite); ``%resource.x`` starts from the
+    resource instead. Raises ``Unsupported`` outside the fast subset."""
+    text = expression.strip()
+    if text.startswith("%resource."):
+        from_root = _Parser(text[len("%resource.") :]).parse()
+
+        def on_resource(nodes: list[Node], resource: dict[str, Any]) -> list[Node]:
+            return from_root([(resource, resource.get("resourceType"))])
+
+        return on_resource
+    step = _Parser(text).parse()
+
+    def on_nodes(nodes: list[Node], resource: dict[str, Any]) -> list[Node]:
+        return step(nodes)
+
+    return on_nodes
+
+
 # --- fhirpathpy --------------------------------------------------------------------------
 
 _AS_OPERATOR = re.compile(r"\(([^()]+?) as ([A-Za-z.]+)\)")

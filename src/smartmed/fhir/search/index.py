@@ -20,6 +20,9 @@ class TokenValue:
     code: str | None
     # Display/text for :text searches, normalised (casefold, accents removed); None if absent.
     text: str | None = None
+    # An Identifier's type coding, for :of-type (search.html#token); None otherwise.
+    type_system: str | None = None
+    type_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,9 @@ class ReferenceValue:
     target_type: str | None
     target_id: str | None
     url: str | None = None
+    # Reference.identifier, for :identifier (search.html#reference).
+    ident_system: str | None = None
+    ident_value: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,11 @@ class NumberValue:
 
 @dataclass(frozen=True, slots=True)
 class QuantityValue:
-    """A quantity with precision range and its unit coding."""
+    """A quantity with precision range and its unit coding.
+
+    UCUM quantities also carry their canonical form (``ucum.py``): value and range times
+    the unit's factor, and the canonical unit (``g.m-3``); None when not convertible.
+    """
 
     value: float
     low: float
@@ -66,6 +76,10 @@ class QuantityValue:
     system: str | None
     code: str | None
     unit: str | None
+    canon_value: float | None = None
+    canon_low: float | None = None
+    canon_high: float | None = None
+    canon_unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +89,42 @@ class UriValue:
     value: str
 
 
-IndexValue = (
+@dataclass(frozen=True, slots=True)
+class GeoValue:
+    """A position (Location.position) in degrees, and its unit vector for exact distances."""
+
+    lat: float
+    lon: float
+    x: float
+    y: float
+    z: float
+
+
+@dataclass(frozen=True, slots=True)
+class TextValue:
+    """The normalised full text of a resource for ``_text`` (narrative) or ``_content``."""
+
+    value: str
+
+
+SimpleValue = (
     TokenValue | StringValue | ReferenceValue | DateValue | NumberValue | QuantityValue | UriValue
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeValue:
+    """One element matched by a composite parameter: the values of each of its components.
+
+    Stored as rows of the components' own kinds, under the parameter ``code$i`` for
+    component ``i`` and a group number shared by the rows of one element, so that a search
+    pairs components within the same element (https://hl7.org/fhir/R4/search.html#composite).
+    """
+
+    parts: tuple[tuple[SimpleValue, ...], ...]
+
+
+IndexValue = SimpleValue | CompositeValue | GeoValue | TextValue
 
 
 @dataclass(slots=True)

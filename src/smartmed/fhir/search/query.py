@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+from smartmed.fhir.search import support
 from smartmed.fhir.search.extract import date_range, decimal_range, normalize, parse_reference
+from smartmed.fhir.search.geo import parse_near
 from smartmed.fhir.search.params import SearchParam, SearchRegistry
+from smartmed.fhir.search.ucum import UCUM, UcumError, canonical
 
 
 class SearchError(ValueError):
@@ -58,13 +61,35 @@ class NumberQuery(NamedTuple):
 
 
 class QuantityQuery(NamedTuple):
-    """``[number]|[system]|[code]``."""
+    """``[number]|[system]|[code]``; UCUM ones also in canonical form (value, low, high, unit)."""
 
     value: float
     low: float
     high: float
     system: str | None
     code: str | None
+    canon: tuple[float, float, float, str] | None = None
+
+
+class ValueSetQuery(NamedTuple):
+    """``:in``/``:not-in``: the value set and its expansion, ``(system, code)`` pairs."""
+
+    url: str
+    codes: frozenset[tuple[str, str]]
+
+
+class NearQuery(NamedTuple):
+    """Location ``near``: a point and a distance in metres."""
+
+    lat: float
+    lon: float
+    distance_m: float
+
+
+class CompositeQuery(NamedTuple):
+    """A composite value: one parsed term per component, in order."""
+
+    terms: tuple[SearchTerm, ...]
 
 
 class ReferenceQuery(NamedTuple):
@@ -82,12 +107,14 @@ Payload = (
     | NumberQuery
     | QuantityQuery
     | ReferenceQuery
-    | tuple[str, ...]
+    | ValueSetQuery
+    | NearQuery
+    | CompositeQuery
     | str
     | bool
 )
-"""Per kind: token, of-type, date, number, quantity, reference, composite components,
-string (normalised; raw for ``:exact``) / uri / ``:text`` / ``:in`` value set, ``:missing``."""
+"""Per kind: token, of-type, date, number, quantity, reference, ``:in`` value set, near,
+composite, string (normalised; raw for ``:exact``) / uri / ``:text``, ``:missing``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +293,9 @@ def _term(key: str, raw: str, param: SearchParam, modifier: str | None) -> Searc
             raise SearchError(f"Invalid quantity '{raw}' for {key}: use number|system|code", key)
         number = _number(key, pieces[0])
         system, code = (pieces[1] or None, pieces[2] or None) if len(pieces) == 3 else (None, None)
-        return SearchTerm(prefix, raw, QuantityQuery(*number, system, code))
+        return SearchTerm(
+            prefix, raw, QuantityQuery(*number, system, code, _canon(key, number, system, code))
+        )
     if kind == "string":
         text = unescape(raw)
         # :exact compares the value as written; the default and :contains are normalised.
@@ -275,7 +304,16 @@ def _term(key: str, raw: str, param: SearchParam, modifier: str | None) -> Searc
         if modifier == "text":
             return SearchTerm("eq", raw, normalize(unescape(raw)))
         if modifier in ("in", "not-in"):
-            return SearchTerm("eq", raw, unescape(raw))
+            url = unescape(raw)
+            codes = support.expand_valueset(url)
+            if codes is None:
+                raise SearchError(
+                    f"{key}: value set '{url}' is unknown or cannot be expanded by this server",
+                    key,
+                )
+            return SearchTerm("eq", raw, ValueSetQuery(url, codes))
+        if modifier in ("above", "below"):
+            raise SearchError(f"{key}: ':{modifier}' (subsumption) is not supported", key)
         if modifier == "of-type":
             pieces = [unescape(p) for p in split_escaped(raw, "|")]
             if len(pieces) != 3 or not pieces[2]:
@@ -288,11 +326,51 @@ def _term(key: str, raw: str, param: SearchParam, modifier: str | None) -> Searc
         if modifier == "identifier":
             return SearchTerm("eq", raw, _token(key, raw))
         if modifier in ("above", "below"):
-            return SearchTerm("eq", raw, unescape(raw))
+            raise SearchError(f"{key}: ':{modifier}' is not supported on references", key)
         return SearchTerm("eq", raw, _reference(key, raw, param, modifier))
     if kind == "composite":
-        return SearchTerm("eq", raw, tuple(unescape(p) for p in split_escaped(raw, "$")))
-    return SearchTerm("eq", raw, unescape(raw))  # uri, special
+        return SearchTerm("eq", raw, _composite(key, raw, param))
+    if kind == "special" and param.code == "near":
+        try:
+            return SearchTerm("eq", raw, NearQuery(*parse_near(unescape(raw))))
+        except ValueError as exc:
+            raise SearchError(str(exc), key) from None
+    return SearchTerm("eq", raw, unescape(raw))  # uri
+
+
+def _canon(
+    key: str, number: NumberQuery, system: str | None, code: str | None
+) -> tuple[float, float, float, str] | None:
+    """The canonical form of a UCUM search quantity (400 for an invalid unit code)."""
+    if system != UCUM or code is None:
+        return None
+    try:
+        found = canonical(code)
+    except UcumError as exc:
+        raise SearchError(f"{key}: {exc}", key) from None
+    if found is None:
+        return None  # a special unit (Cel, [pH]...): compared by its code only
+    f = found.factor
+    return number.value * f, number.low * f, number.high * f, found.unit
+
+
+def _composite(key: str, raw: str, param: SearchParam) -> CompositeQuery:
+    """``a$b``: each part parsed as its component's kind (search.html#composite)."""
+    kinds = support.component_kinds(param)
+    if kinds is None:
+        raise SearchError(f"composite parameter '{param.code}' is not supported", key)
+    parts = split_escaped(raw, "$")
+    if len(parts) != len(kinds) or not all(parts):
+        raise SearchError(
+            f"{key} needs {len(kinds)} '$'-separated values ({', '.join(kinds)}), got '{raw}'",
+            key,
+        )
+    terms = []
+    for position, (part, kind) in enumerate(zip(parts, kinds, strict=True)):
+        url = param.components[position][0]
+        component = SearchParam(f"{param.code}${position}", kind, None, (), url)
+        terms.append(_term(key, part, component, None))
+    return CompositeQuery(tuple(terms))
 
 
 class _Parser:

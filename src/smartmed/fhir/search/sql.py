@@ -1,9 +1,12 @@
 """Turn a parsed search into SQL over the ``resource`` table and the typed ``idx_*`` tables.
 
-Every parameter becomes an ``EXISTS`` over its index table, correlated on the resource's
-surrogate key; values of one parameter are OR-ed, parameters are AND-ed. Date, number
-and quantity comparisons work on ranges, as https://hl7.org/fhir/R4/search.html#prefix
-defines them: the search value's precision gives [sl, sh], the stored value's [vl, vh].
+Every parameter becomes ``pk IN (SELECT res_pk ...)`` over its index table; values of
+one parameter are OR-ed, parameters are AND-ed. Date, number and quantity comparisons
+work on ranges, as https://hl7.org/fhir/R4/search.html#prefix defines them: the search
+value's precision gives [sl, sh], the stored value's [vl, vh]. A composite joins the rows
+of its components on (res_pk, grp) (see ``storage/tables.py``); ``near`` tests a bounding
+box and the exact great-circle distance (``geo.py``); ``_text``/``_content`` are substring
+matches on the normalised texts (``text.py``).
 """
 
 from __future__ import annotations
@@ -12,25 +15,37 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
 from smartmed.fhir.errors import Invalid
+from smartmed.fhir.search import geo, support
 from smartmed.fhir.search.query import (
+    CompositeQuery,
     DateQuery,
+    NearQuery,
     NumberQuery,
+    OfTypeQuery,
     ParsedParam,
     QuantityQuery,
     ReferenceQuery,
     SearchTerm,
     TokenQuery,
+    ValueSetQuery,
 )
+from smartmed.fhir.search.rows import composite_param
+from smartmed.fhir.search.text import search_words
 from smartmed.fhir.storage.tables import INDEX_TABLES, resource
 
 # A resource type: a literal, or a column when an unqualified chain allows several.
 TypeExpr = str | ColumnElement[str]
 
-SUPPORTED_KINDS = frozenset({"token", "string", "reference", "date", "number", "quantity", "uri"})
+SUPPORTED_KINDS = frozenset(
+    {"token", "string", "reference", "date", "number", "quantity", "uri", "composite", "special"}
+)
+# The index table of each parameter kind (composites use their components' tables).
+_TABLE_OF_KIND = {**{k: k for k in INDEX_TABLES if k not in ("geo", "text")}, "special": "geo"}
+_MAX_VALUESET_CODES = 10_000
 
 
 def _escape_like(text: str) -> str:
@@ -62,9 +77,19 @@ def param_condition(
     if parsed.chain:
         return _chain_condition(res, type_, parsed, is_postgres=is_postgres)
     kind = parsed.param.type
-    if kind not in INDEX_TABLES:
+    if code in support.TEXT_PARAMS:
+        kind = "text"
+    elif kind == "composite" and parsed.modifier != "missing":
+        return _composite_condition(res, type_, parsed, is_postgres=is_postgres)
+    if kind == "composite":  # :missing looks for the first component's rows
+        kinds = support.component_kinds(parsed.param)
+        if kinds is None:
+            raise Invalid(f"composite parameter '{code}' is not supported", expression=code)
+        kind, code = kinds[0], composite_param(code, 0)
+    table_kind = "text" if kind == "text" else _TABLE_OF_KIND.get(kind)
+    if table_kind is None or (kind == "special" and code != "near"):
         raise Invalid(f"searching by {kind} parameter '{code}' is not supported", expression=code)
-    table = INDEX_TABLES[kind].alias()
+    table = INDEX_TABLES[table_kind].alias()
     # ``pk IN (SELECT res_pk ...)`` rather than a correlated EXISTS: both databases then
     # drive from the (small) set of matching index rows instead of probing every resource.
     base = and_(table.c.resource_type == type_, table.c.param == code)
@@ -76,8 +101,8 @@ def param_condition(
         _value_condition(table, kind, parsed.modifier, t, is_postgres) for t in parsed.values
     ]
     matching = select(table.c.res_pk).where(base, or_(*options))
-    if parsed.modifier == "not" and kind == "token":
-        # :not matches resources that have no value equal to any of the terms.
+    if parsed.modifier in ("not", "not-in") and kind == "token":
+        # :not (:not-in) matches resources that have no value equal to (in) any of the terms.
         return res.c.pk.not_in(matching)
     return res.c.pk.in_(matching)
 
@@ -87,15 +112,27 @@ def _value_condition(
 ) -> ColumnElement[bool]:
     value = term.value
     c = t.c
+    if kind == "text" and isinstance(value, str):
+        words = search_words(value)
+        likes = [c.value.like(f"%{_escape_like(w)}%", escape="\\") for w in words]
+        return and_(*likes) if likes else true()
+    if kind == "reference" and modifier == "identifier" and isinstance(value, TokenQuery):
+        # search.html#reference: :identifier matches Reference.identifier like a token.
+        return _token_match(c.ident_system, c.ident_value, value)
     if kind == "token" and isinstance(value, TokenQuery):
-        system, code, system_given = value
-        if not system_given:
-            return c.code == code
-        if code is None:
-            return c.system == system
-        if system is None:
-            return and_(c.system.is_(None), c.code == code)
-        return and_(c.system == system, c.code == code)
+        return _token_match(c.system, c.code, value)
+    if kind == "token" and isinstance(value, OfTypeQuery):
+        # search.html#token: Identifier.type coding and Identifier.value; not its system.
+        conds = [c.code == value.value, c.type_code.is_not(None)]
+        if value.system is not None:
+            conds.append(c.type_system == value.system)
+        if value.code is not None:
+            conds.append(c.type_code == value.code)
+        return and_(*conds)
+    if kind == "token" and isinstance(value, ValueSetQuery):
+        return _in_valueset(c, value)
+    if kind == "special" and isinstance(value, NearQuery):
+        return _near(c, value)
     if kind == "token" and modifier == "text" and isinstance(value, str):
         return c.text.like(f"{_escape_like(value)}%", escape="\\")
     if kind == "string" and isinstance(value, str):
@@ -128,14 +165,107 @@ def _value_condition(
                 else and_(c.system == value.system, c.code == value.code)
             )
             cond = and_(cond, unit_match)
-        return cond
+        if value.canon is None:
+            return cond
+        # UCUM: compare canonical forms (ucum.py); rows without one (not convertible, or
+        # indexed before canonical values existed) still match by their own unit.
+        cv, cl, ch, unit = value.canon
+        canonical = and_(
+            c.canon_unit == unit, _number_compare(c.canon_value, term.prefix, cv, cl, ch)
+        )
+        return or_(canonical, and_(c.canon_unit.is_(None), cond))
     if kind == "uri" and isinstance(value, str):
         if modifier == "below":
-            return c.value.like(f"{_escape_like(value)}%", escape="\\")
+            # search.html#uri: the value and everything under it, at path boundaries.
+            stem = value.rstrip("/")
+            return or_(c.value == value, c.value.like(f"{_escape_like(stem)}/%", escape="\\"))
+        if modifier == "above":
+            return c.value.in_(_uri_prefixes(value))
         return c.value == value
     raise Invalid(
         f"searching {kind} parameters with ':{modifier}' is not supported", expression=term.raw
     )
+
+
+def _token_match(system: Any, code: Any, value: TokenQuery) -> ColumnElement[bool]:
+    """``[system]|[code]`` semantics (search.html#token) on a system and a code column."""
+    wanted_system, wanted_code, system_given = value
+    if not system_given:
+        return cast(ColumnElement[bool], code == wanted_code)
+    if wanted_code is None:
+        return cast(ColumnElement[bool], system == wanted_system)
+    if wanted_system is None:
+        return and_(system.is_(None), code == wanted_code)
+    return and_(system == wanted_system, code == wanted_code)
+
+
+def _in_valueset(c: Any, value: ValueSetQuery) -> ColumnElement[bool]:
+    """A coding in the expansion; a bare code (``code`` elements) by its code alone."""
+    if len(value.codes) > _MAX_VALUESET_CODES:
+        raise Invalid(f"value set '{value.url}' is too large to search with", expression=value.url)
+    by_system: dict[str, list[str]] = {}
+    for system, code in value.codes:
+        by_system.setdefault(system, []).append(code)
+    codes = sorted({code for _, code in value.codes})
+    options = [and_(c.system == s, c.code.in_(sorted(cs))) for s, cs in sorted(by_system.items())]
+    options.append(and_(c.system.is_(None), c.code.in_(codes)))
+    return or_(*options)
+
+
+def _near(c: Any, value: NearQuery) -> ColumnElement[bool]:
+    """Within the distance: a bounding box (indexable), then the exact chord test."""
+    area = geo.area(value.lat, value.lon, value.distance_m)
+    conds = [c.lat >= area.lat_low, c.lat <= area.lat_high]
+    if area.lon_ranges:
+        conds.append(or_(*[and_(c.lon >= low, c.lon <= high) for low, high in area.lon_ranges]))
+    x, y, z = area.center
+    chord = (c.x - x) * (c.x - x) + (c.y - y) * (c.y - y) + (c.z - z) * (c.z - z)
+    conds.append(chord <= area.max_chord_squared)
+    return and_(*conds)
+
+
+def _uri_prefixes(value: str) -> list[str]:
+    """The value and its parents at ``/`` boundaries past the authority (uri :above)."""
+    start = value.find("://")
+    start = value.find("/", start + 3) if start >= 0 else value.find("/")
+    prefixes = [value]
+    while start > 0:
+        prefixes.append(value[:start])
+        start = value.find("/", start + 1)
+    return sorted(set(prefixes))
+
+
+def _composite_condition(
+    res: FromClause, type_: TypeExpr, parsed: ParsedParam, *, is_postgres: bool
+) -> ColumnElement[bool]:
+    """Components matched within one element: rows joined on (res_pk, grp)."""
+    kinds = support.component_kinds(parsed.param)
+    if kinds is None:
+        raise Invalid(
+            f"composite parameter '{parsed.code}' is not supported", expression=parsed.code
+        )
+    options = []
+    for term in parsed.values:
+        if not isinstance(term.value, CompositeQuery):
+            raise Invalid(f"'{term.raw}' is not a composite value", expression=parsed.code)
+        tables = [INDEX_TABLES[kind].alias() for kind in kinds]
+        first = tables[0]
+        joined: Any = first
+        conds = []
+        for position, (table, kind, sub) in enumerate(
+            zip(tables, kinds, term.value.terms, strict=True)
+        ):
+            if position:
+                joined = joined.join(
+                    table, and_(table.c.res_pk == first.c.res_pk, table.c.grp == first.c.grp)
+                )
+            conds += [
+                table.c.resource_type == type_,
+                table.c.param == composite_param(parsed.code, position),
+                _value_condition(table, kind, None, sub, is_postgres),
+            ]
+        options.append(res.c.pk.in_(select(first.c.res_pk).select_from(joined).where(*conds)))
+    return or_(*options)
 
 
 def range_compare(

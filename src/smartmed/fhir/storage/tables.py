@@ -3,6 +3,11 @@
 - ``resource``: the current version of every resource, its JSON as stored and served.
 - ``resource_history``: every version ever written (create, update, delete), never changed.
 - ``idx_*``: typed search index rows extracted at write time, one row per value.
+  Composite parameters (search.html#composite) have no table of their own: component
+  ``i`` of parameter ``p`` is a row of the component's kind under param ``p$i``, and the
+  rows of one matched element share ``grp`` (NULL for plain rows), so a search joins the
+  components on (res_pk, grp). ``idx_geo`` holds Location positions (``near``), ``idx_text``
+  the normalised narrative (``_text``) and full content (``_content``) of each resource.
 - ``outbox``: one change event per write, in the same transaction, for subscriptions and jobs.
 - ``idempotency_key``: the first response to a POST carrying an ``Idempotency-Key``.
 
@@ -78,7 +83,11 @@ resource_history = Table(
 )
 
 
-def _index_table(name: str, *columns: Column[object], indexes: list[Index]) -> Table:
+def _index_table(
+    name: str, *columns: Column[object], indexes: list[Index], grouped: bool = True
+) -> Table:
+    # grp: the element of a composite parameter a component row belongs to (see above).
+    group = [Column("grp", Integer, nullable=True)] if grouped else []
     return Table(
         name,
         metadata,
@@ -86,6 +95,7 @@ def _index_table(name: str, *columns: Column[object], indexes: list[Index]) -> T
         Column("resource_type", String(TYPE_LEN), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
+        *group,
         Index(f"ix_{name}_res_pk", "res_pk"),
         *indexes,
     )
@@ -96,6 +106,9 @@ idx_token = _index_table(
     Column("system", Text, nullable=True),
     Column("code", Text, nullable=True),
     Column("text", Text, nullable=True),
+    # Identifier.type coding, for :of-type.
+    Column("type_system", Text, nullable=True),
+    Column("type_code", Text, nullable=True),
     indexes=[Index("ix_idx_token_lookup", "resource_type", "param", "code", "system")],
 )
 idx_string = _index_table(
@@ -117,9 +130,13 @@ idx_reference = _index_table(
     Column("target_type", String(TYPE_LEN), nullable=True),
     Column("target_id", String(ID_LEN), nullable=True),
     Column("url", Text, nullable=True),
+    # Reference.identifier, for :identifier.
+    Column("ident_system", Text, nullable=True),
+    Column("ident_value", Text, nullable=True),
     indexes=[
         Index("ix_idx_reference_lookup", "resource_type", "param", "target_id", "target_type"),
         Index("ix_idx_reference_target", "target_type", "target_id"),
+        Index("ix_idx_reference_identifier", "resource_type", "param", "ident_value"),
     ],
 )
 idx_date = _index_table(
@@ -143,12 +160,38 @@ idx_quantity = _index_table(
     Column("system", Text, nullable=True),
     Column("code", Text, nullable=True),
     Column("unit", Text, nullable=True),
-    indexes=[Index("ix_idx_quantity_lookup", "resource_type", "param", "code", "value")],
+    # UCUM canonical form (search/ucum.py): value and range in canonical units, and the unit.
+    Column("canon_value", Float, nullable=True),
+    Column("canon_low", Float, nullable=True),
+    Column("canon_high", Float, nullable=True),
+    Column("canon_unit", Text, nullable=True),
+    indexes=[
+        Index("ix_idx_quantity_lookup", "resource_type", "param", "code", "value"),
+        Index("ix_idx_quantity_canonical", "resource_type", "param", "canon_unit", "canon_value"),
+    ],
 )
 idx_uri = _index_table(
     "idx_uri",
     Column("value", Text, nullable=False),
     indexes=[Index("ix_idx_uri_lookup", "resource_type", "param", "value")],
+    grouped=False,
+)
+idx_geo = _index_table(
+    "idx_geo",
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    # The unit vector of the position, for exact great-circle distances (search/geo.py).
+    Column("x", Float, nullable=False),
+    Column("y", Float, nullable=False),
+    Column("z", Float, nullable=False),
+    indexes=[Index("ix_idx_geo_lookup", "resource_type", "param", "lat", "lon")],
+    grouped=False,
+)
+idx_text = _index_table(
+    "idx_text",
+    Column("value", Text, nullable=False),
+    indexes=[Index("ix_idx_text_lookup", "resource_type", "param")],
+    grouped=False,
 )
 
 INDEX_TABLES = {
@@ -159,6 +202,8 @@ INDEX_TABLES = {
     "number": idx_number,
     "quantity": idx_quantity,
     "uri": idx_uri,
+    "geo": idx_geo,
+    "text": idx_text,
 }
 
 outbox = Table(
