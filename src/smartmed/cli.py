@@ -97,5 +97,19 @@ from smartmed.identity.cli import client_app  # noqa: E402
 
 app.add_typer(client_app, name="client")
 
+
+@app.command()
+def reindex(
+    batch_size: Annotated[int, typer.Option(min=1, help="Resources per transaction")] = 500,
+    start_after: Annotated[
+        int, typer.Option(min=0, help="Resume after this resource key (an interrupted run says)")
+    ] = 0,
+) -> None:
+    """Rebuild every resource's search index rows (after a definitions change or a migration)."""
+    from smartmed.fhir.reindex import run_cli
+
+    typer.echo(run_cli(get_settings(), batch_size=batch_size, start_after=start_after))
+
+
 if __name__ == "__main__":
     app()
