@@ -19,24 +19,18 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from smartmed.fhir.errors import FhirError
-from smartmed.identity.crypto import new_token, sign, verify_signed
+from smartmed.identity.loginpage import NO_STORE as _NO_STORE
+from smartmed.identity.loginpage import SESSION_COOKIE, csrf_ok, page, to_authorize
 from smartmed.identity.oauth import Client, OAuthError, granted_scopes
 from smartmed.identity.scopes import OTHER_SCOPES
 from smartmed.identity.service import Identity, get_identity
-
-SESSION_COOKIE = "smartmed_session"
-CSRF_COOKIE = "smartmed_csrf"
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_templates = Environment(
-    loader=PackageLoader("smartmed.identity", "templates"), autoescape=select_autoescape()
-)
+from smartmed.identity.tokens import utcnow
 
 
 def _ip(request: Request) -> str:
@@ -71,48 +65,8 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | N
         except (ValueError, UnicodeDecodeError):
             return None, None
         client_id, _, secret = raw.partition(":")
-        from urllib.parse import unquote
-
         return unquote(client_id), unquote(secret)
     return form.get("client_id"), form.get("client_secret")
-
-
-def _page(
-    request: Request,
-    identity: Identity,
-    *,
-    step: str,
-    next_query: str,
-    error: str | None = None,
-    client_name: str | None = None,
-    status: int = 200,
-) -> HTMLResponse:
-    value = request.cookies.get(CSRF_COOKIE) or new_token(16)
-    html = _templates.get_template("login.html").render(
-        step=step,
-        action="/oauth/totp" if step == "totp" else "/oauth/login",
-        csrf=sign(identity.secret, value),
-        next=next_query,
-        error=error,
-        client_name=client_name,
-    )
-    response = HTMLResponse(html, status, headers=_NO_STORE)
-    response.set_cookie(
-        CSRF_COOKIE, value, httponly=True, secure=True, samesite="strict", path="/oauth"
-    )
-    return response
-
-
-def _csrf_ok(request: Request, identity: Identity, form: dict[str, str]) -> bool:
-    cookie = request.cookies.get(CSRF_COOKIE)
-    value = verify_signed(identity.secret, form.get("csrf", ""))
-    return bool(cookie) and value == cookie
-
-
-def _to_authorize(next_query: str) -> RedirectResponse:
-    # Only ever back to our own authorize endpoint: `next` is a query string, never a URL.
-    query = urlencode(parse_qsl(next_query, keep_blank_values=True))
-    return RedirectResponse(f"/oauth/authorize?{query}", 303, headers=_NO_STORE)
 
 
 def _redirect(uri: str, params: dict[str, str]) -> RedirectResponse:
@@ -185,7 +139,7 @@ def build_identity_router() -> APIRouter:
         )
         account = await identity.accounts.get(session[0]) if session else None
         if account is None or session is None:
-            return _page(
+            return page(
                 request,
                 identity,
                 step="password",
@@ -193,7 +147,7 @@ def build_identity_router() -> APIRouter:
                 client_name=client.name,
             )
         if account.needs_second_factor and not session[1]:
-            return _page(
+            return page(
                 request,
                 identity,
                 step="totp",
@@ -226,7 +180,7 @@ def build_identity_router() -> APIRouter:
         ):
             wait = limiter.take(key)
             if wait:
-                return _page(
+                return page(
                     request,
                     identity,
                     step="password",
@@ -234,8 +188,8 @@ def build_identity_router() -> APIRouter:
                     error="Too many attempts; wait a moment.",
                     status=429,
                 )
-        if not _csrf_ok(request, identity, form):
-            return _page(
+        if not csrf_ok(request, identity, form):
+            return page(
                 request,
                 identity,
                 step="password",
@@ -245,7 +199,7 @@ def build_identity_router() -> APIRouter:
             )
         result = await identity.accounts.login(username, form.get("password", ""))
         if result.account is None:
-            return _page(
+            return page(
                 request,
                 identity,
                 step="password",
@@ -255,7 +209,7 @@ def build_identity_router() -> APIRouter:
             )
         account = result.account
         if account.needs_second_factor and not account.has_totp:
-            return _page(
+            return page(
                 request,
                 identity,
                 step="password",
@@ -267,7 +221,7 @@ def build_identity_router() -> APIRouter:
         value = await identity.accounts.open_session(
             account.id, mfa_ok=not account.needs_second_factor
         )
-        response = _to_authorize(next_query)
+        response = to_authorize(next_query)
         response.set_cookie(
             SESSION_COOKIE, value, httponly=True, secure=True, samesite="lax", path="/oauth"
         )
@@ -281,7 +235,7 @@ def build_identity_router() -> APIRouter:
         cookie = request.cookies.get(SESSION_COOKIE)
         wait = identity.ip_limiter.take(_ip(request))
         if wait:
-            return _page(
+            return page(
                 request,
                 identity,
                 step="totp",
@@ -289,8 +243,8 @@ def build_identity_router() -> APIRouter:
                 error="Too many attempts; wait a moment.",
                 status=429,
             )
-        if not _csrf_ok(request, identity, form):
-            return _page(
+        if not csrf_ok(request, identity, form):
+            return page(
                 request,
                 identity,
                 step="totp",
@@ -300,7 +254,7 @@ def build_identity_router() -> APIRouter:
             )
         session = await identity.accounts.session(cookie, identity.settings.session_idle_seconds)
         if session is None or cookie is None:
-            return _page(
+            return page(
                 request,
                 identity,
                 step="password",
@@ -310,7 +264,7 @@ def build_identity_router() -> APIRouter:
             )
         wait = identity.account_limiter.take("totp:" + session[0])
         if wait or not await identity.accounts.verify_totp(session[0], form.get("code", "")):
-            return _page(
+            return page(
                 request,
                 identity,
                 step="totp",
@@ -319,7 +273,7 @@ def build_identity_router() -> APIRouter:
                 status=401,
             )
         await identity.accounts.pass_second_factor(cookie)
-        return _to_authorize(next_query)
+        return to_authorize(next_query)
 
     @router.post("/oauth/token")
     async def token(request: Request) -> Response:
@@ -395,7 +349,7 @@ def build_identity_router() -> APIRouter:
             session = await identity.accounts.session(
                 request.cookies.get(SESSION_COOKIE), identity.settings.session_idle_seconds
             )
-            if session is not None and _csrf_ok(request, identity, form):
+            if session is not None and csrf_ok(request, identity, form):
                 account_id = session[0]
         if account_id is None:
             return JSONResponse(
@@ -426,8 +380,6 @@ async def _introspect(identity: Identity, request: Request, value: str) -> dict[
             return {"active": False}
         return {"active": True, "token_type": "Bearer", **claims}
     row = await identity.grants.refresh_state(value)
-    from smartmed.identity.tokens import utcnow
-
     if row is None or row.rotated or row.revoked or row.expires_at < utcnow():
         return {"active": False}
     return {
