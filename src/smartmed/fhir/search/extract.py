@@ -76,7 +76,9 @@ def _composite_plan(
     if kinds is None or not param.expression:
         raise Unsupported(f"composite {param.code}: unknown components")
     evaluator = compile_expression(param.expression)[0]
-    expressions = [e for _, e in param.components]
+    # R4's code-value-date says `value.as(DateTime)`, which is System.DateTime and matches
+    # nothing; its own component parameter (Observation-value-date) uses `dateTime`.
+    expressions = [e.replace("as(DateTime)", "as(dateTime)") for _, e in param.components]
     components = [(k, compile_relative(e)) for k, e in zip(kinds, expressions, strict=True)]
     keys: list[tuple[str, ...] | None] = []
     if param.expression.strip() == resource_type:

@@ -178,7 +178,8 @@ def _value_condition(
         if modifier == "below":
             # search.html#uri: the value and everything under it, at path boundaries.
             stem = value.rstrip("/")
-            return or_(c.value == value, c.value.like(f"{_escape_like(stem)}/%", escape="\\"))
+            below = c.value.like(f"{_escape_like(stem)}/%", escape="\\")
+            return or_(c.value.in_(sorted({value, stem})), below)
         if modifier == "above":
             return c.value.in_(_uri_prefixes(value))
         return c.value == value
