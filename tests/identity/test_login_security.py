@@ -183,3 +183,16 @@ async def test_cli_client_create_gives_working_credentials(
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
         )
     assert created.status_code == 201, created.text
+
+
+async def test_session_idle_timeout_and_logout_everywhere(identity: Identity) -> None:
+    account, _ = await identity.accounts.create(
+        "resident-idle", PASSWORD, roles=[RoleAssignment(Role.RESIDENT)]
+    )
+    cookie = await identity.accounts.open_session(account.id, mfa_ok=True)
+    assert await identity.accounts.session(cookie, idle_seconds=900) == (account.id, True)
+    await asyncio.sleep(0.01)
+    assert await identity.accounts.session(cookie, idle_seconds=0) is None  # idle: ended
+    again = await identity.accounts.open_session(account.id, mfa_ok=True)
+    await identity.accounts.logout_everywhere(account.id)
+    assert await identity.accounts.session(again, idle_seconds=900) is None
