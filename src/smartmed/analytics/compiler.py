@@ -95,7 +95,7 @@ class Compiler:
     def native(self, v: Val, kind: str) -> str:
         """The singleton as a native SQL value of ``kind``."""
         s = self.single(v)
-        if s.one is None:
+        if s.one is None or s.one == "NULL":
             return "NULL"
         if s.native == kind:
             return s.one

@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 import orjson
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from smartmed.fhir.storage.database import Database
 from smartmed.fhir.storage.tables import resource as resource_table
@@ -116,9 +116,9 @@ async def snapshot_store(
     fd, name = tempfile.mkstemp(suffix=".ndjson")
     try:
         with os.fdopen(fd, "wb") as out:
-            async with db.read() as sa:
-                if db.is_sqlite:  # one read transaction: a consistent snapshot of all types
-                    await sa.execute(text("SELECT 1"))
+            # One statement in one read transaction: a consistent snapshot of all types
+            # (streamed: server-side cursors need the transaction on PostgreSQL).
+            async with db.engine.connect() as sa, sa.begin():
                 result = await sa.stream(query)
                 async for (content,) in result:
                     out.write(content.encode() if isinstance(content, str) else content)

@@ -42,9 +42,11 @@ class FhirEngine:
             max_count=settings.max_page_size,
         )
         engine = cls(settings, db, services, validator.resource_types)
+        from smartmed.analytics.operations import register_view_operations
         from smartmed.fhir.builtin_operations import register_builtin_operations
 
         register_builtin_operations(engine.operations)
+        register_view_operations(engine.operations)
         return engine
 
     def repository(self, conn: AsyncConnection) -> Repository:
