@@ -279,6 +279,8 @@ def build_router() -> APIRouter:
             async with engine.db.read() as conn:
                 await engine.repository(conn).read(type_, id_)  # 404/410 for a missing target
         result = await op.handler(OperationCall(level, type_, id_, inputs, engine))
+        if result.body is not None:
+            return Response(result.body, result.status, media_type=result.media_type)
         return Response(orjson.dumps(result.resource), result.status, media_type=FHIR_JSON)
 
     for path in ("/{op:fop}", "/{type:ftype}/{op:fop}", "/{type:ftype}/{id:fid}/{op:fop}"):

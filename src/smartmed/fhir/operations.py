@@ -55,10 +55,13 @@ class OperationCall:
 
 @dataclass(frozen=True, slots=True)
 class OperationResult:
-    """A handler's answer: a resource (sent as-is) and the HTTP status."""
+    """A handler's answer: a resource (sent as-is) and the HTTP status; or, for outputs that
+    are not FHIR JSON (CSV, NDJSON, Parquet), raw ``body`` bytes of ``media_type``."""
 
     resource: dict[str, Any]
     status: int = 200
+    body: bytes | None = None
+    media_type: str | None = None
 
 
 Handler = Callable[[OperationCall], Awaitable[OperationResult]]
