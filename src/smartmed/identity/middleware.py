@@ -23,6 +23,13 @@ from smartmed.identity.service import get_identity
 
 PREFIX = "/fhir/R4"
 _OPEN = ("metadata", ".well-known")
+_TYPE_LEVEL = {
+    "GET": "search-type",
+    "POST": "create",
+    "PUT": "update",  # conditional update
+    "PATCH": "patch",  # conditional patch
+    "DELETE": "delete",  # conditional delete
+}
 
 
 def interactions(method: str, path: str) -> list[tuple[str, str]]:
@@ -41,9 +48,7 @@ def interactions(method: str, path: str) -> list[tuple[str, str]]:
         return [
             (
                 type_,
-                {"GET": "search-type", "POST": "create", "PUT": "update", "DELETE": "delete"}.get(
-                    method, "read"
-                ),
+                _TYPE_LEVEL.get(method, "read"),
             )
         ]
     second = seg[1]
