@@ -99,7 +99,9 @@ def content_text(resource: dict[str, Any], narrative: str | None) -> str | None:
         return None
     if narrative:
         parts.append(narrative)
-    return normalize_text(" ".join(parts)) or None
+    # Sorted and deduplicated: the same text whatever the key order (PostgreSQL's JSONB
+    # reorders keys); words are matched one by one, so the order carries no meaning.
+    return normalize_text(" ".join(sorted(set(parts)))) or None
 
 
 def search_words(text: str) -> list[str]:
