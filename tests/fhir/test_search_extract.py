@@ -515,7 +515,7 @@ def test_malformed_resources_do_not_raise(
         "performer": [None, {"reference": 7}],
     }
     # Only the full text remains: every string of the resource.
-    assert fast.extract(weird).values == {"_content": [TextValue("observation patient/1 nan x")]}
+    assert fast.extract(weird).values == {"_content": [TextValue("nan observation patient/1 x")]}
     assert fast.extract({"resourceType": "NoSuchType", "id": "x"}).values == {}
     assert fast.extract({"id": "no type"}).values == {}
     assert caplog.records == []
