@@ -97,6 +97,10 @@ from smartmed.identity.cli import client_app  # noqa: E402
 
 app.add_typer(client_app, name="client")
 
+from smartmed.analytics.cli import app as views_app  # noqa: E402
+
+app.add_typer(views_app, name="views")
+
 
 @app.command()
 def reindex(
