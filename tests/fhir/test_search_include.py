@@ -8,7 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from smartmed.fhir.definitions.locate import locate_definitions
 from smartmed.fhir.search import include
+from smartmed.fhir.search.params import get_registry
+from smartmed.fhir.search.query import HasParam, IncludeParam, parse_search
 
 SYSTEM = "urn:smartmed:test:include"
 
@@ -246,6 +249,28 @@ async def test_bad_includes(client: httpx.AsyncClient, key: str, value: str) -> 
     response = await client.get("Observation", params={key: value})
     assert response.status_code == 400, response.text
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_parsed_includes_and_has() -> None:
+    items = [
+        ("_include", "Observation:subject:Patient"),
+        ("_include:recurse", "Patient:*"),
+        ("_revinclude:iterate", "*"),
+        ("_has:Observation:subject:_has:Provenance:target:agent", "Practitioner/1"),
+    ]
+    registry = get_registry(locate_definitions(None))
+    request = parse_search("Patient", items, registry, strict=True, default_count=20, max_count=100)
+    assert request.includes == (
+        IncludeParam(False, "Observation", "subject", "Patient", False),
+        IncludeParam(False, "Patient", "*", None, True),
+        IncludeParam(True, "*", "*", None, True),
+    )
+    assert request.include == ("Observation:subject:Patient", "Patient:*")
+    assert request.revinclude == ("*",)
+    (has,) = request.has
+    assert (has.source, has.reference) == ("Observation", "subject")
+    assert isinstance(has.inner, HasParam) and has.inner.source == "Provenance"
+    assert has.inner.inner.code == "agent"  # type: ignore[union-attr]
 
 
 # --- _has ------------------------------------------------------------------------------------

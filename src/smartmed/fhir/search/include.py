@@ -1,7 +1,8 @@
 """``_include`` and ``_revinclude`` (https://hl7.org/fhir/R4/search.html#include).
 
-The first round applies every include to the page's matches; each further round applies
-the ``:iterate`` ones to what the previous round added. A resource enters the Bundle at
+The first round applies every include to the page's matches (an include whose source
+type is not the match's type adds nothing); each further round applies the ``:iterate``
+(or STU3 ``:recurse``) ones to what the previous round added. A resource enters the Bundle at
 most once: never a second time, never as an include when it is already a match.
 
 Limits: at most ``MAX_INCLUDE_ROUNDS`` rounds and ``MAX_INCLUDED`` included resources per

@@ -7,6 +7,8 @@
 - ``data``: everything but ``text``.
 
 Every subset carries the ``SUBSETTED`` tag, so nobody mistakes it for the whole resource.
+``_summary`` applies to matches and included resources alike and takes precedence over
+``_elements``, which applies to the matches only.
 The flags are read from the definitions package, one StructureDefinition per type, cached.
 """
 
