@@ -63,14 +63,16 @@ EXTRACTED_TYPES = frozenset(
 _Plan = list[tuple[str, str, Evaluator, tuple[str, ...] | None]]
 # A composite: code, base evaluator, keys that must all be present (one tuple per component,
 # None when unknown), and per component its kind and evaluator relative to the base.
-_CompositePlan = list[
-    tuple[str, Evaluator, list[tuple[str, ...] | None], list[tuple[str, RelativeEvaluator]]]
-]
+_Component = tuple[tuple[str, str], RelativeEvaluator]  # ((kind, expression), evaluator)
+_CompositePlan = list[tuple[str, Evaluator, list[tuple[str, ...] | None], list[_Component]]]
+# Component values of one element, shared by the composites that have the same component
+# (Observation's eight composites all start with `code`): (kind, expression, element id).
+_Memo = dict[tuple[str, str, int], list[IndexValue]]
 
 
 def _composite_plan(
     resource_type: str, param: SearchParam
-) -> tuple[str, Evaluator, list[tuple[str, ...] | None], list[tuple[str, RelativeEvaluator]]]:
+) -> tuple[str, Evaluator, list[tuple[str, ...] | None], list[_Component]]:
     """How to extract one composite parameter; raises Unsupported when it cannot be."""
     kinds = support.component_kinds(param)
     if kinds is None or not param.expression:
@@ -79,7 +81,7 @@ def _composite_plan(
     # R4's code-value-date says `value.as(DateTime)`, which is System.DateTime and matches
     # nothing; its own component parameter (Observation-value-date) uses `dateTime`.
     expressions = [e.replace("as(DateTime)", "as(dateTime)") for _, e in param.components]
-    components = [(k, compile_relative(e)) for k, e in zip(kinds, expressions, strict=True)]
+    components = [((k, e), compile_relative(e)) for k, e in zip(kinds, expressions, strict=True)]
     keys: list[tuple[str, ...] | None] = []
     if param.expression.strip() == resource_type:
         # Based on the resource itself: each component needs one of its top-level keys.
@@ -93,16 +95,17 @@ def _composite_plan(
 
 
 def _composite_values(
-    resource: dict[str, Any],
-    base: Evaluator,
-    components: list[tuple[str, RelativeEvaluator]],
+    resource: dict[str, Any], base: Evaluator, components: list[_Component], memo: _Memo
 ) -> list[IndexValue]:
     """One CompositeValue per base element that has a value for every component."""
     found: list[IndexValue] = []
     for node in base(resource):
         parts: list[tuple[SimpleValue, ...]] = []
-        for kind, evaluate in components:
-            values = to_index_values(kind, evaluate([node], resource))
+        for (kind, expression), evaluate in components:
+            key = (kind, expression, id(node[0]))
+            values = memo.get(key)
+            if values is None:
+                values = memo[key] = to_index_values(kind, evaluate([node], resource))
             if not values:
                 break
             parts.append(tuple(cast(list[SimpleValue], values)))
@@ -177,11 +180,12 @@ class IndexExtractor:
                 values = to_index_values(kind, nodes)
                 if values:
                     out[code] = values
+        memo: _Memo = {}
         for code, base, needed, components in composites:
             if any(keys is not None and not any(k in resource for k in keys) for keys in needed):
                 continue
             try:
-                values = _composite_values(resource, base, components)
+                values = _composite_values(resource, base, components, memo)
             except Exception:
                 log.warning("composite %s.%s failed", resource_type, code, exc_info=True)
                 continue
