@@ -119,7 +119,11 @@ class Compiler:
 
     # --- expressions ------------------------------------------------------------------
     def compile(self, node: fp.Node, focus: Val, row_index: str) -> Val:
-        """Compile ``node`` evaluated on ``focus``."""
+        """Compile ``node`` evaluated on ``focus`` (a bare choice element resolved)."""
+        v = self._compile(node, focus, row_index)
+        return self.resolve_choice(v, None) if v.type.choices else v
+
+    def _compile(self, node: fp.Node, focus: Val, row_index: str) -> Val:
         if isinstance(node, fp.Literal):
             return self._literal(node)
         if isinstance(node, fp.Empty):
@@ -129,10 +133,10 @@ class Compiler:
         if isinstance(node, fp.Constant):
             return self._constant(node.name, row_index)
         if isinstance(node, fp.Member):
-            base = focus if node.target is None else self.compile(node.target, focus, row_index)
+            base = focus if node.target is None else self._compile(node.target, focus, row_index)
             return self.member(base, node.name)
         if isinstance(node, fp.Call):
-            base = focus if node.target is None else self.compile(node.target, focus, row_index)
+            base = focus if node.target is None else self._compile(node.target, focus, row_index)
             from smartmed.analytics.functions import call
 
             return call(self, node, base, focus, row_index)

@@ -166,4 +166,6 @@ def call(c: Compiler, node: fp.Call, base: Val, focus: Val, row_index: str) -> V
     fn = FUNCTIONS.get(node.name)
     if fn is None:
         raise CompileError(f"unknown or unsupported function {node.name}()")
+    if base.type.choices and fn is not _of_type:
+        base = c.resolve_choice(base, None)  # value[x] without ofType(): any present type
     return fn(c, node, base, focus, row_index)
