@@ -187,6 +187,8 @@ async def test_everything_type_since_and_paging(
         assert page["total"] == 10
         seen += [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"]]
         url = next((x["url"] for x in page["link"] if x["relation"] == "next"), None)
+        assert url is None or url.startswith("http://testserver/fhir/R4/Patient/")
+        assert all(e["fullUrl"].startswith("http://testserver/fhir/R4/") for e in page["entry"])
         pages += 1
     assert pages == 4 and len(seen) == len(set(seen)) == 10 and seen[0] == p1
 

@@ -278,7 +278,8 @@ def build_router() -> APIRouter:
         if id_ is not None and type_ is not None:
             async with engine.db.read() as conn:
                 await engine.repository(conn).read(type_, id_)  # 404/410 for a missing target
-        result = await op.handler(OperationCall(level, type_, id_, inputs, engine))
+        call = OperationCall(level, type_, id_, inputs, engine, base_url(request))
+        result = await op.handler(call)
         if result.body is not None:
             return Response(result.body, result.status, media_type=result.media_type)
         return Response(orjson.dumps(result.resource), result.status, media_type=FHIR_JSON)

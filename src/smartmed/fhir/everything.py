@@ -106,7 +106,7 @@ async def _everything(call: OperationCall) -> OperationResult:
         if len(rows) > count and snapshot is None:
             snapshot = (await conn.execute(select(func.coalesce(func.max(r.pk), 0)))).scalar_one()
     has_next = len(rows) > count
-    base = (settings.base_url or "").rstrip("/")
+    base = (call.base_url or settings.base_url or "").rstrip("/")
     prefix = f"{base}/" if base else ""
     path = f"{prefix}{PATIENT}/{patient_id}/$everything"
     kept = [("_type", ",".join(sorted(types)))] if types else []

@@ -51,6 +51,7 @@ class OperationCall:
     resource_id: str | None
     inputs: dict[str, Any]
     context: Any  # the API's request context (repository factory, settings)
+    base_url: str = ""  # the absolute FHIR base of the request, for links in results
 
 
 @dataclass(frozen=True, slots=True)
