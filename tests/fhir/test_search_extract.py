@@ -682,3 +682,19 @@ def test_all_official_examples(
     assert differences == []
     assert [r.getMessage() for r in caplog.records] == []  # no evaluation failed
     assert count > 50_000
+
+
+def test_location_position_and_texts(fast: IndexExtractor) -> None:
+    location = {
+        "resourceType": "Location",
+        "position": {"latitude": 0, "longitude": 90.0},
+        "text": {"status": "generated", "div": "<div><b>县医院</b> &amp; Clinic</div>"},
+    }
+    values = fast.extract(location).values
+    [near] = values["near"]
+    assert isinstance(near, GeoValue) and (near.lat, near.lon) == (0.0, 90.0)
+    assert (round(near.x, 12), round(near.y, 12), round(near.z, 12)) == (0.0, 1.0, 0.0)
+    assert values["_text"] == [TextValue("县医院 & clinic")]
+    assert values["_content"] == [TextValue("location 县医院 & clinic")]
+    off_earth = {"resourceType": "Location", "position": {"latitude": 91, "longitude": 0}}
+    assert "near" not in fast.extract(off_earth).values
