@@ -431,7 +431,7 @@ def resource_matches(
     kind, extract = PARAMS[(r["resourceType"], code)]
     values = extract(r)
     if modifier == "missing":
-        return (not values) == (value == "true")
+        return any((not values) == (t == "true") for t in terms)
     if modifier == "not":
         return not any(value_matches(kind, code, None, v, t) for v in values for t in terms)
     mod = modifier or None
@@ -973,7 +973,8 @@ async def test_token(client: httpx.AsyncClient, corpus: Corpus, data: st.DataObj
         value = token_term(data, corpus, type_, code)
         return (f"{code}:{modifier}" if modifier else code), value
 
-    query = combine(data, make)
+    # :missing OR-ed with itself is a known server bug (test_missing_or): one value only.
+    query = [make()] if modifier == "missing" else combine(data, make)
     if modifier == "text":
         # Known server bug (test_token_text_display): skip queries where it shows.
         full = [("_tag", corpus.tag), *query]
@@ -1207,3 +1208,12 @@ async def test_include_only_what_search_could_return(
 async def test_token_text_matches_coding_display(client: httpx.AsyncClient, corpus: Corpus) -> None:
     # Every E11.9 Condition: text 2型糖尿病, coding display "Type 2 diabetes mellitus".
     await check(client, corpus, "Condition", [("code:text", "type 2 diabetes")])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=":missing uses only the first of comma-separated values: gender:missing=true,false "
+    "returns only the patients without a gender (search.html#combining: a comma is OR)",
+)
+async def test_missing_or(client: httpx.AsyncClient, corpus: Corpus) -> None:
+    await check(client, corpus, "Patient", [("gender:missing", "true,false")])
