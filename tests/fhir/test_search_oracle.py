@@ -379,6 +379,31 @@ def quantity_matches(q: Quantity, raw: str) -> bool:
     return unit_ok and number_matches(prefix, Fraction(q.value), n, low, high)
 
 
+def on_converted_boundary(corpus: Corpus, query: list[tuple[str, str]]) -> bool:
+    """Whether a stored quantity, converted to a search term's unit, lands exactly on the
+    term's value or range bound: there the server's float conversion errs (known bug,
+    test_quantity_conversion_boundary), so random queries steer clear of it."""
+    stored = [
+        q
+        for r in corpus.resources.values()
+        if r["resourceType"] == "Observation"
+        for x in [r.get("valueQuantity"), *[c.get("valueQuantity") for c in r.get("component", [])]]
+        for q in quantity(x)
+    ]
+    for _, value in query:
+        for term in re.split(r"[,$]", value):
+            pieces = split_prefix(term)[1].split("|")
+            if len(pieces) != 3 or pieces[1] != UCUM or pieces[2] not in UNITS:
+                continue
+            dim, factor = UNITS[pieces[2]]
+            bounds = {b * factor for b in implicit_range(pieces[0])}
+            for q in stored:
+                if q.code in UNITS and q.code != pieces[2] and UNITS[q.code][0] == dim:
+                    if Fraction(q.value) * UNITS[q.code][1] in bounds:
+                        return True
+    return False
+
+
 def value_matches(
     kind: str, code: str, modifier: str | None, value: Any, raw: str, displays: bool = True
 ) -> bool:
@@ -1037,7 +1062,9 @@ async def test_quantity(client: httpx.AsyncClient, corpus: Corpus, data: st.Data
     def make() -> tuple[str, str]:
         return "value-quantity", quantity_term(data, data.draw(st.sampled_from(quantities)))
 
-    await check(client, corpus, "Observation", combine(data, make))
+    query = combine(data, make)
+    assume(not on_converted_boundary(corpus, query))
+    await check(client, corpus, "Observation", query)
 
 
 @SETTINGS
@@ -1060,7 +1087,9 @@ async def test_composite(client: httpx.AsyncClient, corpus: Corpus, data: st.Dat
             q = data.draw(st.sampled_from(pairs))[1]
         return code, f"{concept}${quantity_term(data, q)}"
 
-    await check(client, corpus, "Observation", combine(data, make))
+    query = combine(data, make)
+    assume(not on_converted_boundary(corpus, query))
+    await check(client, corpus, "Observation", query)
 
 
 @SETTINGS
@@ -1217,3 +1246,20 @@ async def test_token_text_matches_coding_display(client: httpx.AsyncClient, corp
 )
 async def test_missing_or(client: httpx.AsyncClient, corpus: Corpus) -> None:
     await check(client, corpus, "Patient", [("gender:missing", "true,false")])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="quantity comparison after UCUM conversion uses binary floats: 4294 umol/L becomes "
+    "4.2940000000000005 mol/m3, so gt4.294|UCUM|mmol/L matches a value equal to 4.294 mmol/L "
+    "(search.html#prefix: gt is strictly greater)",
+)
+async def test_quantity_conversion_boundary(client: httpx.AsyncClient, corpus: Corpus) -> None:
+    exact = [
+        r["id"]
+        for r in corpus.live("Observation")
+        if r.get("valueQuantity", {}).get("code") == "umol/L"
+        and r["valueQuantity"]["value"] == 4294
+    ]
+    assert exact, "the seeded corpus has 4294 umol/L"
+    await check(client, corpus, "Observation", [("value-quantity", f"gt4.294|{UCUM}|mmol/L")])
