@@ -55,7 +55,7 @@ RESIDENT_ID = "urn:oid:2.16.156.10011.1.2"
 MRN = "urn:smartmed:mrn"
 
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
