@@ -16,11 +16,17 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import settings
 
 from smartmed.app import create_app
 from smartmed.config import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# CI replays the same hypothesis examples every run (reproducible verdicts); local runs
+# keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if IN_CI:
+    settings.load_profile("ci")
 PG_ADMIN_URL = os.environ.get(
     "SMARTMED_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -396,6 +396,7 @@ def test_observation_exact_values(fast: IndexExtractor) -> None:
     assert values["code"] == [
         TokenValue("http://loinc.org", "29463-7", "weight"),
         TokenValue("http://snomed.info/sct", "27113001", "weight"),
+        TokenValue(None, None, "body weight"),  # a display hidden by the text, for :text
     ]
     assert values["subject"] == [ReferenceValue("Patient", "p1")]
     assert values["patient"] == [ReferenceValue("Patient", "p1")]
@@ -416,13 +417,14 @@ def test_observation_exact_values(fast: IndexExtractor) -> None:
     assert "value-string" not in values
     loinc = TokenValue("http://loinc.org", "29463-7", "weight")
     snomed = TokenValue("http://snomed.info/sct", "27113001", "weight")
-    assert values["code-value-quantity"] == [CompositeValue(((loinc, snomed), (KG_72_5,)))]
+    display = TokenValue(None, None, "body weight")
+    assert values["code-value-quantity"] == [CompositeValue(((loinc, snomed, display), (KG_72_5,)))]
     # The component without a quantity value has no component-code-value-quantity.
     systolic = TokenValue(None, None, "systolic")
     mmhg = QuantityValue(120.0, 119.5, 120.5, None, None, "mmHg")  # no UCUM system: not canonical
     assert values["component-code-value-quantity"] == [CompositeValue(((systolic,), (mmhg,)))]
     assert values["combo-code-value-quantity"] == [
-        CompositeValue(((loinc, snomed), (KG_72_5,))),
+        CompositeValue(((loinc, snomed, display), (KG_72_5,))),
         CompositeValue(((systolic,), (mmhg,))),
     ]
     assert "code-value-concept" not in values

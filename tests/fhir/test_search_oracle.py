@@ -1000,10 +1000,6 @@ async def test_token(client: httpx.AsyncClient, corpus: Corpus, data: st.DataObj
 
     # :missing OR-ed with itself is a known server bug (test_missing_or): one value only.
     query = [make()] if modifier == "missing" else combine(data, make)
-    if modifier == "text":
-        # Known server bug (test_token_text_display): skip queries where it shows.
-        full = [("_tag", corpus.tag), *query]
-        assume(oracle(corpus, type_, full) == oracle(corpus, type_, full, displays=False))
     await check(client, corpus, type_, query)
 
 
@@ -1225,35 +1221,18 @@ async def test_include_only_what_search_could_return(
         assert (await client.get(f"{t}/{i}")).status_code == 200, (t, i)
 
 
-# --- server bugs found by the oracle, kept visible --------------------------------------
+# --- server bugs the oracle found (fixed), kept as regression tests ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="token :text ignores Coding.display when the CodeableConcept has a text "
-    "(search.html#token: ':text' searches CodeableConcept.text, Coding.display or "
-    "Identifier.type.text)",
-)
 async def test_token_text_matches_coding_display(client: httpx.AsyncClient, corpus: Corpus) -> None:
     # Every E11.9 Condition: text 2型糖尿病, coding display "Type 2 diabetes mellitus".
     await check(client, corpus, "Condition", [("code:text", "type 2 diabetes")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=":missing uses only the first of comma-separated values: gender:missing=true,false "
-    "returns only the patients without a gender (search.html#combining: a comma is OR)",
-)
 async def test_missing_or(client: httpx.AsyncClient, corpus: Corpus) -> None:
     await check(client, corpus, "Patient", [("gender:missing", "true,false")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quantity comparison after UCUM conversion uses binary floats: 4294 umol/L becomes "
-    "4.2940000000000005 mol/m3, so gt4.294|UCUM|mmol/L matches a value equal to 4.294 mmol/L "
-    "(search.html#prefix: gt is strictly greater)",
-)
 async def test_quantity_conversion_boundary(client: httpx.AsyncClient, corpus: Corpus) -> None:
     exact = [
         r["id"]

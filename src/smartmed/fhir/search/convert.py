@@ -27,7 +27,7 @@ from smartmed.fhir.search.index import (
     UriValue,
 )
 from smartmed.fhir.search.text import is_cjk, normalize
-from smartmed.fhir.search.ucum import UCUM, try_canonical
+from smartmed.fhir.search.ucum import UCUM, scale, try_canonical
 
 ISO_4217 = "urn:iso:std:iso:4217"
 
@@ -162,6 +162,13 @@ def _token(data: Any, type_: str | None) -> Iterable[IndexValue]:
         text = _text(data.get("text"))
         codings = data.get("coding")
         values = [v for c in codings or () if (v := _coding(c, text))]
+        # search.html#token: `:text` matches CodeableConcept.text or a Coding.display, so a
+        # display that the concept text hides gets a text-only value of its own.
+        if text:
+            for c in codings or ():
+                display = _text(c.get("display")) if isinstance(c, dict) else None
+                if display and display != text:
+                    values.append(TokenValue(None, None, display))
         return values or ([TokenValue(None, None, text)] if text else [])
     if is_type(type_, "Identifier"):
         ident = _str(data.get("value"))
@@ -313,9 +320,9 @@ def with_canonical(value: QuantityValue) -> QuantityValue:
     f = found.factor
     return replace(
         value,
-        canon_value=value.value * f,
-        canon_low=value.low * f,
-        canon_high=value.high * f,
+        canon_value=scale(value.value, f),
+        canon_low=scale(value.low, f),
+        canon_high=scale(value.high, f),
         canon_unit=found.unit,
     )
 

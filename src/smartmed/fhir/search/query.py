@@ -18,7 +18,7 @@ from smartmed.fhir.search import support
 from smartmed.fhir.search.extract import date_range, decimal_range, normalize, parse_reference
 from smartmed.fhir.search.geo import parse_near
 from smartmed.fhir.search.params import SearchParam, SearchRegistry
-from smartmed.fhir.search.ucum import UCUM, UcumError, canonical
+from smartmed.fhir.search.ucum import UCUM, UcumError, canonical, scale
 
 
 class SearchError(ValueError):
@@ -351,7 +351,7 @@ def _canon(
     if found is None:
         return None  # a special unit (Cel, [pH]...): compared by its code only
     f = found.factor
-    return number.value * f, number.low * f, number.high * f, found.unit
+    return scale(number.value, f), scale(number.low, f), scale(number.high, f), found.unit
 
 
 def _composite(key: str, raw: str, param: SearchParam) -> CompositeQuery:

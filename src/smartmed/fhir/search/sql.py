@@ -94,9 +94,12 @@ def param_condition(
     # drive from the (small) set of matching index rows instead of probing every resource.
     base = and_(table.c.resource_type == type_, table.c.param == code)
     if parsed.modifier == "missing":
-        wanted = parsed.values[0].raw == "true" if parsed.values else True
+        # Values are OR-ed: `:missing=true,false` asks for resources with or without one.
+        wanted = {t.raw == "true" for t in parsed.values} or {True}
         having = select(table.c.res_pk).where(base)
-        return res.c.pk.not_in(having) if wanted else res.c.pk.in_(having)
+        if wanted == {True, False}:
+            return true()
+        return res.c.pk.not_in(having) if True in wanted else res.c.pk.in_(having)
     options = [
         _value_condition(table, kind, parsed.modifier, t, is_postgres) for t in parsed.values
     ]

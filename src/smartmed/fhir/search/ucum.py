@@ -195,6 +195,16 @@ def canonical(code: str) -> Canonical | None:
     return Canonical(float(_ROUND.plus(factor)), _unit_code(dims))
 
 
+def scale(value: float, factor: float) -> float:
+    """``value × factor`` rounded to 15 significant digits (what a double holds exactly).
+
+    A binary float product drifts in the last digits (4294 µmol/L → 4.2940000000000005
+    mol/m³); stored and searched values are both rounded the same way so an exact
+    conversion compares equal, and ``gt``/``lt`` stay strict.
+    """
+    return float(f"{value * factor:.15g}")
+
+
 def try_canonical(code: str | None) -> Canonical | None:
     """Like ``canonical`` but None for anything that is not a convertible UCUM code."""
     if not code:
