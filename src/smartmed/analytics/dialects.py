@@ -10,6 +10,7 @@ subqueries over it (https://build.fhir.org/ig/FHIR/sql-on-fhir-v2/#processing-mo
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -32,8 +33,8 @@ class Coll:
     native: str | None = None  # SQL kind of ``value`` when not JSON
 
 
-class Dialect:
-    """Shared SQL; subclasses override what differs."""
+class Dialect(ABC):
+    """Shared SQL; subclasses override what differs (and must supply the abstract parts)."""
 
     name = ""
     sqlglot = ""
@@ -64,6 +65,7 @@ class Dialect:
         """The child ``key`` of an object as text."""
         return f"({json} ->> {self.literal(key)})"
 
+    @abstractmethod
     def text(self, json: str) -> str:
         """A JSON scalar as text (strings unquoted)."""
         raise NotImplementedError
@@ -76,10 +78,12 @@ class Dialect:
         """A JSON value serialised, for complex-typed output columns."""
         return f"CAST({json} AS VARCHAR)"
 
+    @abstractmethod
     def elements(self, json: str, alias: str) -> str:
         """A FROM item over a JSON array: columns ``{alias}.v`` and an order key."""
         raise NotImplementedError
 
+    @abstractmethod
     def index(self, alias: str) -> str:
         """The 0-based position of an element from :meth:`elements`."""
         raise NotImplementedError
@@ -115,6 +119,7 @@ class Dialect:
         agg = f"string_agg({text}, {sep}{self._order(coll)})"
         return f"COALESCE((SELECT {agg}{self._from(coll)}), '')"
 
+    @abstractmethod
     def array(self, coll: Coll, item: str, kind: str) -> str:
         """The elements as a SQL array of ``kind`` (empty array when none)."""
         raise NotImplementedError
@@ -135,6 +140,7 @@ class Dialect:
         """Today's date as ISO text."""
         return f"CAST(current_date AS {self.types[TEXT]})"
 
+    @abstractmethod
     def shift_date(self, text: str, months: int, days: int) -> str:
         """An ISO date text moved by months and days, as ISO text."""
         raise NotImplementedError
