@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.config import Settings
 from smartmed.fhir.definitions.locate import locate_definitions
+from smartmed.fhir.hooks import AuditSink
 from smartmed.fhir.operations import OperationRegistry
 from smartmed.fhir.repository import EngineServices, Repository
 from smartmed.fhir.search.extract import get_extractor
@@ -26,6 +27,7 @@ class FhirEngine:
     resource_types: frozenset[str]
     operations: OperationRegistry = field(default_factory=OperationRegistry)
     capability_cache: dict[str, str] = field(default_factory=dict)
+    audit: AuditSink | None = None  # installed by the application (smartmed.audit)
 
     @classmethod
     def build(cls, settings: Settings) -> FhirEngine:

@@ -1,0 +1,46 @@
+"""Seams through which the generic engine reports to the audit trail.
+
+The engine (``fhir/``) knows nothing about how audit records are stored: it hands an
+:class:`AuditRecord` to whatever :class:`AuditSink` the application installed on
+``FhirEngine.audit`` (``smartmed.audit`` in the platform; ``None`` in bare tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One access or change, as FHIR AuditEvent needs it (who, what, when, where, why).
+
+    ``action`` is AuditEvent.action (C R U D E); ``subtype`` a FHIR restful-interaction
+    code (read, vread, search-type, create, update, patch, delete, history-instance,
+    operation, transaction, batch) or a platform event (login, login-failed, logout,
+    break-glass, export, consent). ``outcome`` is AuditEvent.outcome: 0 success, 4 minor
+    failure (denied, not found), 8 serious failure, 12 major failure.
+    """
+
+    action: str
+    subtype: str
+    outcome: str
+    recorded: datetime
+    agent: str | None = None  # FHIR identity of the person ("Practitioner/1") if any
+    account: str | None = None  # account id (or the client id for a system client)
+    client_id: str | None = None
+    roles: tuple[str, ...] = ()
+    source_ip: str | None = None
+    purpose_of_use: str | None = None  # v3 PurposeOfUse code: TREAT, ETREAT, HOPERAT, ...
+    entities: tuple[str, ...] = ()  # references read or written ("Observation/7")
+    patients: tuple[str, ...] = ()  # patients whose records were touched ("Patient/3")
+    query: str | None = None  # the search query or operation name
+    detail: str | None = None  # e.g. the denial reason or the break-the-glass reason
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class AuditSink(Protocol):
+    """Where the engine sends audit records; must never lose one that it accepted."""
+
+    async def record(self, record: AuditRecord) -> None: ...
