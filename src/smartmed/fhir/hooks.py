@@ -1,4 +1,4 @@
-"""Seams through which the generic engine reports to the audit trail.
+"""Seams through which modules plug into the generic engine: audit sink, write hooks.
 
 The engine (``fhir/``) knows nothing about how audit records are stored: it hands an
 :class:`AuditRecord` to whatever :class:`AuditSink` the application installed on
@@ -7,9 +7,13 @@ The engine (``fhir/``) knows nothing about how audit records are stored: it hand
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +48,33 @@ class AuditSink(Protocol):
     """Where the engine sends audit records; must never lose one that it accepted."""
 
     async def record(self, record: AuditRecord) -> None: ...
+
+
+# The authenticated caller of the request being served (an identity ``Principal``), or
+# None for anonymous/internal calls. Set by the identity middleware; read by write hooks.
+current_principal: ContextVar[Any | None] = ContextVar("smartmed_principal", default=None)
+
+# Raise ``Invalid`` (or another FhirError) to refuse a resource before it is stored.
+ResourceCheck = Callable[[dict[str, Any]], None]
+# Runs inside the writing transaction after the row is stored: (conn, type, id, action,
+# stored JSON or None for a deletion). Raising aborts the whole write.
+AfterWrite = Callable[[AsyncConnection, str, str, str, str | None], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class WriteHooks:
+    """Per-resource-type checks and after-write callbacks that modules register.
+
+    Used for rules the generic validator cannot know (a Subscription's endpoint must be
+    an allowed host) and for bookkeeping in the same transaction (who owns a
+    Subscription). Types without hooks cost one dict lookup per write.
+    """
+
+    checks: dict[str, list[ResourceCheck]] = field(default_factory=dict)
+    after: dict[str, list[AfterWrite]] = field(default_factory=dict)
+
+    def add_check(self, type_: str, check: ResourceCheck) -> None:
+        self.checks.setdefault(type_, []).append(check)
+
+    def add_after_write(self, type_: str, hook: AfterWrite) -> None:
+        self.after.setdefault(type_, []).append(hook)

@@ -10,7 +10,7 @@ on the same connection.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from smartmed.fhir.errors import (
     OutcomeIssue,
     PreconditionFailed,
 )
+from smartmed.fhir.hooks import WriteHooks
 from smartmed.fhir.model import ID_RE, StoredResource, fhir_instant, utcnow
 from smartmed.fhir.search import rows as search_rows
 from smartmed.fhir.search.extract import IndexExtractor
@@ -59,6 +60,7 @@ class EngineServices:
     is_postgres: bool
     default_count: int = 20
     max_count: int = 1000
+    hooks: WriteHooks = field(default_factory=WriteHooks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +289,8 @@ class Repository:
         for key, value in body.items():
             if key not in stamped:
                 stamped[key] = value
+        for check in self.services.hooks.checks.get(type_, ()):
+            check(stamped)
         index = self.services.extractor.extract(stamped)
         return jsonio.dumps(stamped), index
 
@@ -344,6 +348,11 @@ class Repository:
                 for w in writes
             ],
         )
+        after = self.services.hooks.after
+        if after:
+            for w in writes:
+                for hook in after.get(w.type_, ()):
+                    await hook(self.conn, w.type_, w.id_, w.action, w.content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smartmed.fhir.errors import FhirError, Unauthorized, operation_outcome
+from smartmed.fhir.hooks import current_principal
 from smartmed.fhir.request import FHIR_JSON
 from smartmed.identity.principal import Principal, check_scope
 from smartmed.identity.service import get_identity
@@ -111,6 +112,7 @@ class FhirAuthMiddleware:
             return
         request = Request(scope, receive)
         header = request.headers.get("authorization")
+        reset = None
         try:
             if header is None:
                 if request.app.state.fhir.settings.auth_required:
@@ -124,6 +126,7 @@ class FhirAuthMiddleware:
                 )
             principal = await get_identity(request.app).principal(request, token.strip())
             scope.setdefault("state", {})["principal"] = principal
+            reset = current_principal.set(principal)
             if rest == "" and scope["method"] == "POST":
                 raw = await request.body()
                 try:
@@ -138,8 +141,14 @@ class FhirAuthMiddleware:
             status, headers, body_bytes = _respond(exc)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body_bytes})
+            if reset is not None:
+                current_principal.reset(reset)
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if reset is not None:
+                current_principal.reset(reset)
 
 
 def _check(principal: Principal, needs: list[tuple[str, str]]) -> None:
