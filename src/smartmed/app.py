@@ -73,7 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("database migrated", dialect=engine.db.url.get_backend_name())
         app.state.fhir = engine
         app.state.started = time.time()
+        from smartmed.jobs import runtime as jobs_runtime
+
+        app.state.jobs = await jobs_runtime.start(engine)
         yield
+        await jobs_runtime.stop(app.state.jobs)
         await engine.db.dispose()
 
     app = FastAPI(
@@ -112,6 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(build_identity_router())
     app.include_router(build_router())
+    from smartmed.jobs.admin import build_admin_router
+    from smartmed.jobs.websocket import build_websocket_router
+
+    app.include_router(build_admin_router())
+    app.include_router(build_websocket_router())
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
 

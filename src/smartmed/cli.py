@@ -102,6 +102,24 @@ from smartmed.analytics.cli import app as views_app  # noqa: E402
 app.add_typer(views_app, name="views")
 
 
+from smartmed.jobs.cli import jobs_app  # noqa: E402
+
+app.add_typer(jobs_app, name="jobs")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Jobs run at once")] = None,
+) -> None:
+    """Run jobs, workflow handlers and subscription deliveries (PostgreSQL) until stopped."""
+    from smartmed.jobs.runtime import run_worker
+
+    settings = get_settings()
+    if settings.database_url.startswith("sqlite"):
+        raise typer.BadParameter("workers need PostgreSQL; on SQLite `smartmed serve` runs jobs")
+    asyncio.run(run_worker(settings, concurrency=concurrency))
+
+
 @app.command()
 def reindex(
     batch_size: Annotated[int, typer.Option(min=1, help="Resources per transaction")] = 500,
