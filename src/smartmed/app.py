@@ -24,6 +24,7 @@ from smartmed.identity.middleware import FhirAuthMiddleware
 from smartmed.identity.router import build_identity_router
 from smartmed.logging import configure_logging
 from smartmed.metrics import MetricsMiddleware, metrics_endpoint
+from smartmed.portal import install_portal
 
 log = structlog.get_logger("smartmed.app")
 
@@ -73,11 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("database migrated", dialect=engine.db.url.get_backend_name())
         app.state.fhir = engine
         app.state.started = time.time()
+        from smartmed import audit
+
+        app.state.audit = audit.install(engine) if settings.audit_enabled else None
         from smartmed.jobs import runtime as jobs_runtime
 
         app.state.jobs = await jobs_runtime.start(engine)
         yield
         await jobs_runtime.stop(app.state.jobs)
+        if app.state.audit is not None:
+            await audit.shutdown(engine, app.state.audit)
         await engine.db.dispose()
 
     app = FastAPI(
@@ -116,11 +122,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(build_identity_router())
     app.include_router(build_router())
+    install_portal(app, settings)  # web portal at / (docs/portal.md)
     from smartmed.jobs.admin import build_admin_router
     from smartmed.jobs.websocket import build_websocket_router
 
     app.include_router(build_admin_router())
     app.include_router(build_websocket_router())
+    from smartmed.notify.router import build_notify_router
+
+    app.include_router(build_notify_router())
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
 

@@ -1,0 +1,1 @@
+"""Basic information management: organisations, departments, staff, teams, accounts."""

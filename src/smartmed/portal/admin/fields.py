@@ -1,0 +1,18 @@
+"""Form field descriptions rendered by the ``field`` macro (label, control, error)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    label: str  # English message id
+    kind: str = "text"  # text, date, tel, password, select, multi, checkbox
+    required: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+    translate: bool = True  # option labels are message ids
+    width: str = "col-12 col-md-6"
+    size: int = 5
+    autocomplete: str = ""

@@ -1,0 +1,158 @@
+"""What each role may use in the portal: the navigation and the home page's tiles.
+
+One table, read by the layout (navigation), the home page (tiles) and the routes
+(:func:`require`): a page a role cannot see in the navigation answers 403 to it too.
+Entries marked ``planned`` name work that belongs to other parts of the platform (role
+rights editing with the access policies, audit views with the audit trail); they are
+shown as such, greyed out, with no page behind them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from smartmed.identity.principal import Role
+from smartmed.portal.session import get_session
+
+STAFF = frozenset(Role) - {Role.RESIDENT, Role.FAMILY_REPRESENTATIVE}
+ADMINS = frozenset({Role.INSTITUTION_ADMIN, Role.PLATFORM_ADMIN})
+ACCOUNT_ADMINS = frozenset({Role.INSTITUTION_ADMIN, Role.PLATFORM_ADMIN, Role.SYSTEM_ADMIN})
+PUBLIC = frozenset({Role.RESIDENT, Role.FAMILY_REPRESENTATIVE})
+
+
+def _(text: str) -> str:
+    """Marks a message for extraction; translated when rendered."""
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    label: str
+    path: str
+    roles: frozenset[Role]
+    group: str
+    hint: str = ""
+    planned: bool = False
+
+
+ENTRIES = (
+    Entry("me", _("My information"), "/me", PUBLIC, _("For me"), _("Your details and language")),
+    Entry(
+        "directory",
+        _("Directory"),
+        "/directory/organizations",
+        STAFF,
+        _("Work"),
+        _("Institutions, staff and teams"),
+    ),
+    Entry(
+        "organizations",
+        _("Organisations"),
+        "/admin/organizations",
+        ADMINS,
+        _("Basic information"),
+        _("Hierarchy of institutions and their sites"),
+    ),
+    Entry(
+        "departments",
+        _("Departments"),
+        "/admin/departments",
+        ADMINS,
+        _("Basic information"),
+        _("Departments of each institution"),
+    ),
+    Entry(
+        "practitioners",
+        _("Staff"),
+        "/admin/practitioners",
+        ADMINS,
+        _("Basic information"),
+        _("Practitioners, qualifications and roles"),
+    ),
+    Entry(
+        "teams",
+        _("Family-doctor teams"),
+        "/admin/teams",
+        ADMINS,
+        _("Basic information"),
+        _("Team members and service areas"),
+    ),
+    Entry(
+        "import",
+        _("Import staff"),
+        "/admin/import",
+        ADMINS,
+        _("Basic information"),
+        _("CSV or Excel, with a preview"),
+    ),
+    Entry(
+        "accounts",
+        _("User accounts"),
+        "/admin/accounts",
+        ACCOUNT_ADMINS,
+        _("Users and rights"),
+        _("Accounts and their roles"),
+    ),
+    Entry(
+        "rights",
+        _("Role rights"),
+        "",
+        frozenset({Role.PLATFORM_ADMIN, Role.SECURITY_ADMIN}),
+        _("Users and rights"),
+        _("Comes with the access-policy work"),
+        planned=True,
+    ),
+    Entry(
+        "audit",
+        _("Audit trail"),
+        "",
+        frozenset({Role.AUDIT_ADMIN, Role.PLATFORM_ADMIN, Role.INSTITUTION_ADMIN}),
+        _("Users and rights"),
+        _("Comes with the audit work"),
+        planned=True,
+    ),
+)
+BY_KEY = {e.key: e for e in ENTRIES}
+
+ROLE_LABELS = {
+    Role.RESIDENT: _("Resident"),
+    Role.FAMILY_REPRESENTATIVE: _("Family representative"),
+    Role.FAMILY_DOCTOR: _("Family doctor"),
+    Role.NURSE: _("Nurse"),
+    Role.PUBLIC_HEALTH_WORKER: _("Public-health worker"),
+    Role.SPECIALIST: _("Specialist"),
+    Role.PHARMACIST: _("Pharmacist"),
+    Role.INSTITUTION_ADMIN: _("Institution administrator"),
+    Role.HEALTH_AUTHORITY_ANALYST: _("Health-authority analyst"),
+    Role.PLATFORM_ADMIN: _("Platform administrator"),
+    Role.SYSTEM_ADMIN: _("System administrator"),
+    Role.SECURITY_ADMIN: _("Security administrator"),
+    Role.AUDIT_ADMIN: _("Audit administrator"),
+}
+
+
+def entries_for(role: Role | None) -> list[Entry]:
+    """The navigation entries of a role, in display order."""
+    if role is None:
+        return []
+    return [e for e in ENTRIES if role in e.roles]
+
+
+def require(request: Request, key: str) -> None:
+    """403 unless the active role may use the entry ``key``; 401-style redirect if anonymous."""
+    session = get_session(request)
+    if session.account is None:
+        raise LoginRequired()
+    if session.active_role not in BY_KEY[key].roles:
+        raise PageForbidden()
+
+
+class LoginRequired(Exception):
+    """Raised by a page that needs a logged-in account; answered with a redirect to login."""
+
+
+class PageForbidden(Exception):
+    """Raised by a page the active role may not use; answered with a 403 page."""

@@ -1,0 +1,44 @@
+// smartmed portal: small behaviours; no inline scripts (the CSP allows only this origin).
+document.addEventListener("alpine:init", () => {
+  // Alpine's CSP build: components are registered here, templates only name them.
+  window.Alpine.data("menu", () => ({
+    open: false,
+    toggle() { this.open = !this.open; },
+    close() { this.open = false; },
+    get expanded() { return this.open ? "true" : "false"; },
+    get panelClass() { return this.open ? "show" : ""; },
+  }));
+});
+
+function autosubmit(root) {
+  // A language or role <select> submits its form on change; its button stays for
+  // keyboard and no-JavaScript users, hidden when scripts run.
+  root.querySelectorAll(".js-hide").forEach((el) => el.classList.add("visually-hidden"));
+  root.querySelectorAll("select[data-autosubmit]").forEach((select) => {
+    if (select.dataset.bound) return;
+    select.dataset.bound = "1";
+    select.addEventListener("change", () => select.form.requestSubmit());
+  });
+}
+
+function charts(root) {
+  if (!window.echarts) return;
+  root.querySelectorAll("[data-chart]").forEach((el) => {
+    if (el.dataset.drawn) return;
+    el.dataset.drawn = "1";
+    const spec = JSON.parse(el.dataset.chart);
+    const chart = window.echarts.init(el, null, { renderer: "svg" });
+    chart.setOption({
+      tooltip: { trigger: "item" },
+      grid: { left: 8, right: 8, top: 8, bottom: 8, containLabel: true },
+      xAxis: { type: "value", minInterval: 1 },
+      yAxis: { type: "category", data: spec.labels, inverse: true },
+      series: [{ type: "bar", data: spec.values, name: spec.name, itemStyle: { color: "#0d6efd" } }],
+      aria: { enabled: true },
+    });
+    window.addEventListener("resize", () => chart.resize());
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => { autosubmit(document); charts(document); });
+document.addEventListener("htmx:afterSwap", (event) => { autosubmit(event.target); charts(event.target); });
