@@ -74,16 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("database migrated", dialect=engine.db.url.get_backend_name())
         app.state.fhir = engine
         app.state.started = time.time()
-        from smartmed import audit
-
-        app.state.audit = audit.install(engine) if settings.audit_enabled else None
         from smartmed.jobs import runtime as jobs_runtime
 
         app.state.jobs = await jobs_runtime.start(engine)
         yield
         await jobs_runtime.stop(app.state.jobs)
-        if app.state.audit is not None:
-            await audit.shutdown(engine, app.state.audit)
         await engine.db.dispose()
 
     app = FastAPI(
@@ -128,9 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(build_admin_router())
     app.include_router(build_websocket_router())
-    from smartmed.notify.router import build_notify_router
-
-    app.include_router(build_notify_router())
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
 

@@ -36,45 +36,10 @@ class Settings(BaseSettings):
     base_url: str | None = Field(
         default=None, description="Public base URL of the FHIR API; derived from requests if unset"
     )
-    # Notifications (docs/notifications.md).
-    notify_timezone: str = Field(
-        default="Asia/Shanghai", description="Quiet hours clock when a person set no zone"
-    )
-    notify_max_attempts: int = Field(default=3, ge=1, le=20, description="sends per channel")
-    notify_retry_seconds: float = Field(
-        default=30.0, ge=0, description="Wait before the 2nd send on a channel; doubles"
-    )
-    notify_stream_poll_seconds: float = Field(
-        default=2.0, gt=0, description="Inbox check of an open stream (other processes' sends)"
-    )
-    smtp_host: str | None = Field(default=None, description="SMTP server; unset: no email")
-    smtp_port: int = Field(default=587, ge=1, le=65535)
-    smtp_user: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_starttls: bool = Field(default=True, description="STARTTLS after connecting")
-    smtp_tls: bool = Field(default=False, description="Implicit TLS (port 465)")
-    smtp_from: str = "smartmed <noreply@localhost>"
-    smtp_timeout_seconds: float = Field(default=20.0, gt=0)
-    sms_provider: str = Field(default="file", description="file (development) or http")
-    sms_url: str | None = Field(default=None, description="The HTTP SMS provider's send URL")
-    sms_api_key: SecretStr | None = None
-    sms_sender: str | None = Field(default=None, description="Sender id or signature")
-    sms_file: Path = Field(default=Path("var/sms.jsonl"), description="file provider's log")
-    sms_timeout_seconds: float = Field(default=10.0, gt=0)
-    wechat_app_id: str | None = Field(default=None, description="Official account; unset: off")
-    wechat_app_secret: SecretStr | None = None
-    wechat_api_base: str = "https://api.weixin.qq.com"
-    wechat_templates: str = Field(
-        default="", description="our template name=WeChat template_id, comma separated"
-    )
-    wechat_timeout_seconds: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
     # Identity and access (docs/identity.md).
     auth_required: bool = Field(
         default=False, description="Every /fhir/R4 request (but metadata) needs a bearer token"
-    )
-    access_policy_file: Path | None = Field(
-        default=None, description="Access policy JSON replacing the shipped one (docs/access.md)"
     )
     secret_key: SecretStr | None = Field(
         default=None, description="Encrypts signing keys and TOTP secrets; dev default: var/"
@@ -85,42 +50,8 @@ class Settings(BaseSettings):
     session_idle_seconds: int = Field(default=900, ge=30)
     signing_key_rotation_seconds: int = Field(default=30 * 86400, ge=3600)
     login_max_failures: int = Field(default=5, ge=1)
-    # Encryption at rest of sensitive identifiers (docs/encryption.md).
-    encryption_enabled: bool = Field(
-        default=True, description="Seal ID numbers and phones in what is written"
-    )
-    encryption_key: SecretStr | None = Field(
-        default=None,
-        description="Key-encryption key (32+ chars); unset: derived from secret_key",
-    )
-    encryption_algorithm: str = Field(default="AES-256-GCM", description="AES-256-GCM or SM4-GCM")
-    encryption_identifier_systems: list[str] = Field(
-        default=["urn:smartmed:id:resident"], description="Identifier systems sealed (JSON list)"
-    )
-    encryption_phone_resource_types: list[str] = Field(
-        default=["Patient", "RelatedPerson", "Practitioner", "PractitionerRole", "Person"],
-        description="Resource types whose phone/sms ContactPoints are sealed (JSON list)",
-    )
-    encryption_detect_id_numbers: bool = Field(
-        default=True, description="Also seal valid 18-character ID numbers found anywhere"
-    )
-    encryption_refresh_seconds: float = Field(
-        default=60.0, gt=0, description="How often a process looks for rotated keys"
-    )
     auth_rate_per_minute: int = Field(default=60, ge=1, description="per client IP and account")
     log_json: bool = False
-    # Audit (docs/audit.md).
-    audit_enabled: bool = Field(default=True, description="Install the audit log as the sink")
-    audit_retention_days: int = Field(
-        default=2190,
-        ge=183,
-        description="Keep audit records this long (6 years); never under 183 days (6 months)",
-    )
-    audit_chain_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
-    audit_batch_window_ms: float = Field(
-        default=0.0, ge=0, le=100, description="Extra wait to grow each group commit"
-    )
-    audit_site: str = Field(default="smartmed", description="AuditEvent.source.site")
     # Durable jobs, workflow handlers and subscriptions (docs/events.md).
     jobs_in_app: bool = Field(
         default=True, description="The app process runs jobs too (SQLite: the only runner)"
@@ -138,6 +69,7 @@ class Settings(BaseSettings):
     subscription_max_failures: int = Field(
         default=5, ge=1, description="Consecutive failed deliveries before status error"
     )
+
     # Web portal (docs/portal.md).
     portal_default_locale: str = Field(
         default="zh_CN", description="Portal language when neither account nor browser says"
@@ -148,7 +80,6 @@ class Settings(BaseSettings):
     portal_assets_dir: Path | None = Field(
         default=None, description="node_modules with the portal's front-end packages"
     )
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
