@@ -69,7 +69,6 @@ class Settings(BaseSettings):
     subscription_max_failures: int = Field(
         default=5, ge=1, description="Consecutive failed deliveries before status error"
     )
-
     # Web portal (docs/portal.md).
     portal_default_locale: str = Field(
         default="zh_CN", description="Portal language when neither account nor browser says"
@@ -80,6 +79,7 @@ class Settings(BaseSettings):
     portal_assets_dir: Path | None = Field(
         default=None, description="node_modules with the portal's front-end packages"
     )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
