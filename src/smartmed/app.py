@@ -123,6 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(build_admin_router())
     app.include_router(build_websocket_router())
+    from smartmed.notify.router import build_notify_router
+
+    app.include_router(build_notify_router())
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
 

@@ -36,6 +36,38 @@ class Settings(BaseSettings):
     base_url: str | None = Field(
         default=None, description="Public base URL of the FHIR API; derived from requests if unset"
     )
+    # Notifications (docs/notifications.md).
+    notify_timezone: str = Field(
+        default="Asia/Shanghai", description="Quiet hours clock when a person set no zone"
+    )
+    notify_max_attempts: int = Field(default=3, ge=1, le=20, description="sends per channel")
+    notify_retry_seconds: float = Field(
+        default=30.0, ge=0, description="Wait before the 2nd send on a channel; doubles"
+    )
+    notify_stream_poll_seconds: float = Field(
+        default=2.0, gt=0, description="Inbox check of an open stream (other processes' sends)"
+    )
+    smtp_host: str | None = Field(default=None, description="SMTP server; unset: no email")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = Field(default=True, description="STARTTLS after connecting")
+    smtp_tls: bool = Field(default=False, description="Implicit TLS (port 465)")
+    smtp_from: str = "smartmed <noreply@localhost>"
+    smtp_timeout_seconds: float = Field(default=20.0, gt=0)
+    sms_provider: str = Field(default="file", description="file (development) or http")
+    sms_url: str | None = Field(default=None, description="The HTTP SMS provider's send URL")
+    sms_api_key: SecretStr | None = None
+    sms_sender: str | None = Field(default=None, description="Sender id or signature")
+    sms_file: Path = Field(default=Path("var/sms.jsonl"), description="file provider's log")
+    sms_timeout_seconds: float = Field(default=10.0, gt=0)
+    wechat_app_id: str | None = Field(default=None, description="Official account; unset: off")
+    wechat_app_secret: SecretStr | None = None
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    wechat_templates: str = Field(
+        default="", description="our template name=WeChat template_id, comma separated"
+    )
+    wechat_timeout_seconds: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
     # Identity and access (docs/identity.md).
     auth_required: bool = Field(
