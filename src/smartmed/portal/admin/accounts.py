@@ -20,7 +20,7 @@ from smartmed.identity.principal import PUBLIC_ROLES, Role, RoleAssignment
 from smartmed.identity.service import get_identity
 from smartmed.identity.tables import account, role_assignment
 from smartmed.portal import fhirdata
-from smartmed.portal.admin.fields import Field
+from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data
@@ -270,8 +270,8 @@ async def _new_form(
         values=values,
         errors=errors,
         action=f"{BASE}/new",
-        heading_new="New user account",
-        heading_edit="New user account",
+        heading_new=N_("New user account"),
+        heading_edit=N_("New user account"),
         editing=False,
         back=BASE,
     )

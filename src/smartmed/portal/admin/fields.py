@@ -16,3 +16,8 @@ class Field:
     width: str = "col-12 col-md-6"
     size: int = 5
     autocomplete: str = ""
+
+
+def N_(text: str) -> str:  # noqa: N802 - the gettext convention for "mark, translate later"
+    """Marks a message id for extraction; the template translates it."""
+    return text

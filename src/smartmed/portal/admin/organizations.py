@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
-from smartmed.portal.admin.fields import Field
+from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data
@@ -231,8 +231,8 @@ def _routes(router: APIRouter, department: bool) -> None:
             values=values,
             errors=errors,
             action=f"{base}/{org_id}" if org_id else f"{base}/new",
-            heading_new="New department" if department else "New organisation",
-            heading_edit="Edit department" if department else "Edit organisation",
+            heading_new=N_("New department") if department else N_("New organisation"),
+            heading_edit=N_("Edit department") if department else N_("Edit organisation"),
             editing=org_id is not None,
             back=base,
         )

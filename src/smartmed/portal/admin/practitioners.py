@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
-from smartmed.portal.admin.fields import Field
+from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data
@@ -276,8 +276,8 @@ async def _form(
         values=values,
         errors=errors,
         action=f"{BASE}/{pid}" if pid else f"{BASE}/new",
-        heading_new="New staff member",
-        heading_edit="Edit staff member",
+        heading_new=N_("New staff member"),
+        heading_edit=N_("Edit staff member"),
         editing=pid is not None,
         back=BASE,
     )

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
-from smartmed.portal.admin.fields import Field
+from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data, form_lists
@@ -205,8 +205,8 @@ async def _form(
         values=values,
         errors=errors,
         action=f"{BASE}/{tid}" if tid else f"{BASE}/new",
-        heading_new="New family-doctor team",
-        heading_edit="Edit family-doctor team",
+        heading_new=N_("New family-doctor team"),
+        heading_edit=N_("Edit family-doctor team"),
         editing=tid is not None,
         back=BASE,
     )
