@@ -101,6 +101,10 @@ from smartmed.analytics.cli import app as views_app  # noqa: E402
 
 app.add_typer(views_app, name="views")
 
+from smartmed.crypto.cli import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+
 
 from smartmed.jobs.cli import jobs_app  # noqa: E402
 

@@ -82,6 +82,28 @@ class Settings(BaseSettings):
     session_idle_seconds: int = Field(default=900, ge=30)
     signing_key_rotation_seconds: int = Field(default=30 * 86400, ge=3600)
     login_max_failures: int = Field(default=5, ge=1)
+    # Encryption at rest of sensitive identifiers (docs/encryption.md).
+    encryption_enabled: bool = Field(
+        default=True, description="Seal ID numbers and phones in what is written"
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Key-encryption key (32+ chars); unset: derived from secret_key",
+    )
+    encryption_algorithm: str = Field(default="AES-256-GCM", description="AES-256-GCM or SM4-GCM")
+    encryption_identifier_systems: list[str] = Field(
+        default=["urn:smartmed:id:resident"], description="Identifier systems sealed (JSON list)"
+    )
+    encryption_phone_resource_types: list[str] = Field(
+        default=["Patient", "RelatedPerson", "Practitioner", "PractitionerRole", "Person"],
+        description="Resource types whose phone/sms ContactPoints are sealed (JSON list)",
+    )
+    encryption_detect_id_numbers: bool = Field(
+        default=True, description="Also seal valid 18-character ID numbers found anywhere"
+    )
+    encryption_refresh_seconds: float = Field(
+        default=60.0, gt=0, description="How often a process looks for rotated keys"
+    )
     auth_rate_per_minute: int = Field(default=60, ge=1, description="per client IP and account")
     log_json: bool = False
     # Durable jobs, workflow handlers and subscriptions (docs/events.md).

@@ -1,4 +1,7 @@
-"""Structured logging (structlog): JSON lines in production, readable lines in development."""
+"""Structured logging (structlog): JSON lines in production, readable lines in development.
+
+ID numbers and phone numbers are masked in every event (``smartmed.crypto.masking``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import logging
 import structlog
 
 from smartmed.config import Settings
+from smartmed.crypto.masking import mask_processor
 
 
 def configure_logging(settings: Settings) -> None:
@@ -24,6 +28,7 @@ def configure_logging(settings: Settings) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            mask_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -35,6 +35,11 @@ class FhirEngine:
         folder = locate_definitions(settings.definitions_dir)
         validator = get_validator(folder)
         db = Database(settings.database_url, pool_size=settings.database_pool_size)
+        from smartmed.crypto import build_protector
+
+        # Sensitive identifiers sealed at rest (docs/encryption.md); a wrong key fails here.
+        protector = build_protector(settings, db)
+        db.protect(protector)
         services = EngineServices(
             validator=validator,
             extractor=get_extractor(folder),
@@ -42,6 +47,7 @@ class FhirEngine:
             is_postgres=db.is_postgres,
             default_count=settings.default_page_size,
             max_count=settings.max_page_size,
+            protector=protector,
         )
         engine = cls(settings, db, services, validator.resource_types)
         from smartmed.analytics.operations import register_view_operations

@@ -7,6 +7,8 @@ inside that transaction (rows locked on PostgreSQL, the write lock held on SQLit
 index rows deleted and rebuilt from the stored JSON, so a concurrent update is never
 overwritten by stale rows and an interrupted run leaves every finished batch complete.
 Running it again gives the same rows (idempotent); ``start_after`` resumes after a key.
+With a protector on the database, the stored JSON is read revealed and the rows are made
+from the protector's index form, as a write makes them (blind-index values, no plaintext).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy import delete, func, insert, select
 
 from smartmed.config import Settings
 from smartmed.fhir import jsonio
-from smartmed.fhir.search.extract import IndexExtractor, get_extractor
+from smartmed.fhir.search.extract import IndexExtractor
 from smartmed.fhir.search.rows import index_rows
 from smartmed.fhir.storage.database import Database
 from smartmed.fhir.storage.tables import INDEX_TABLES, resource
@@ -69,7 +71,9 @@ async def reindex(
             for row in batch:
                 if row.deleted or row.content is None:
                     continue  # a deleted resource has no index rows
-                index = extractor.extract(jsonio.loads(row.content))
+                document = jsonio.loads(row.content)
+                sealed = db.protector.seal(document, row.content) if db.protector else None
+                index = extractor.extract(sealed.indexed if sealed is not None else document)
                 for kind, rows in index_rows(row.pk, row.type, index).items():
                     by_table[kind].extend(rows)
             for kind, rows in by_table.items():
@@ -93,14 +97,14 @@ def run_cli(settings: Settings, *, batch_size: int, start_after: int) -> str:
     """``smartmed reindex``: migrate if needed, reindex with a progress bar, summarise."""
     import typer
 
-    from smartmed.fhir.definitions.locate import locate_definitions
+    from smartmed.fhir.context import FhirEngine
     from smartmed.fhir.storage.migrate import is_current, migrate
 
-    extractor = get_extractor(locate_definitions(settings.definitions_dir))
     result = ReindexResult(last_pk=start_after)
 
     async def main() -> None:
-        db = Database(settings.database_url)
+        engine = FhirEngine.build(settings)  # the protector too: index rows as writes make them
+        db, extractor = engine.db, engine.services.extractor
         try:
             if not await is_current(db):
                 await migrate(db)

@@ -4,7 +4,9 @@ A ``Repository`` works inside the caller's transaction and never commits: the HT
 request (or the job, or the bundle) owns the transaction, so several calls stay atomic.
 Every write validates the resource, stamps ``id``/``meta``, stores the current version,
 appends the history row, replaces the search index rows and writes an outbox event, all
-on the same connection.
+on the same connection. With a protector installed (``storage/protect.py``), the stored
+JSON and the index rows hold sensitive values in protected form, while the caller (and
+the after-write hooks) get the plaintext.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from smartmed.fhir.search import rows as search_rows
 from smartmed.fhir.search.extract import IndexExtractor
 from smartmed.fhir.search.index import ResourceIndex
 from smartmed.fhir.search.params import SearchRegistry
+from smartmed.fhir.storage.protect import Protector
 from smartmed.fhir.storage.tables import (
     INDEX_TABLES,
     outbox,
@@ -61,6 +64,8 @@ class EngineServices:
     default_count: int = 20
     max_count: int = 1000
     hooks: WriteHooks = field(default_factory=WriteHooks)
+    # Seals sensitive values of what is written (policy: smartmed.crypto); None: stored as is.
+    protector: Protector | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +142,17 @@ class Repository:
         """
         now = utcnow()
         prepared: list[tuple[str, str, str, ResourceIndex]] = []
+        stored_forms: list[str] = []
         for position, (body, id_) in enumerate(items):
             try:
                 type_ = _resource_type(body)
                 id_ = id_ or new_id()
-                content, index = self._prepare(body, type_, id_, 1, now)
+                content, stored, index = self._prepare(body, type_, id_, 1, now)
             except Invalid as exc:
                 exc.position = position
                 raise
             prepared.append((type_, id_, content, index))
+            stored_forms.append(stored)
         if not prepared:
             return []
         rows = [
@@ -155,9 +162,9 @@ class Repository:
                 "version_id": 1,
                 "last_updated": now,
                 "deleted": False,
-                "content": c,
+                "content": s,
             }
-            for t, i, c, _ in prepared
+            for (t, i, _, _), s in zip(prepared, stored_forms, strict=True)
         ]
         result = await self.conn.execute(
             insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), rows
@@ -165,8 +172,8 @@ class Repository:
         pks = [row.pk for row in result]
         await self._after_writes(
             [
-                _Write(pk, t, i, 1, now, "create", c, x)
-                for pk, (t, i, c, x) in zip(pks, prepared, strict=True)
+                _Write(pk, t, i, 1, now, "create", c, x, s)
+                for pk, (t, i, c, x), s in zip(pks, prepared, stored_forms, strict=True)
             ]
         )
         return [StoredResource(t, i, 1, now, False, c) for t, i, c, _ in prepared]
@@ -212,16 +219,18 @@ class Repository:
             )
         now = utcnow()
         new_version = version + 1
-        content, index = self._prepare(body, type_, id_, new_version, now)
+        content, sealed, index = self._prepare(body, type_, id_, new_version, now)
         result = await self.conn.execute(
             update(resource)
             .where(resource.c.pk == pk, resource.c.version_id == version)
-            .values(version_id=new_version, last_updated=now, deleted=False, content=content)
+            .values(version_id=new_version, last_updated=now, deleted=False, content=sealed)
         )
         if result.rowcount != 1:  # lost a race that row locking should have prevented
             raise PreconditionFailed(f"{type_}/{id_} changed concurrently; retry", expression=type_)
         await self._clear_index(pk)
-        await self._after_write(pk, type_, id_, new_version, now, "update", content, index)
+        await self._after_write(
+            pk, type_, id_, new_version, now, "update", content, index, stored=sealed
+        )
         return WriteResult(
             StoredResource(type_, id_, new_version, now, False, content), current.deleted
         )
@@ -271,8 +280,12 @@ class Repository:
 
     def _prepare(
         self, body: dict[str, Any], type_: str, id_: str, version: int, now: datetime
-    ) -> tuple[str, ResourceIndex]:
-        """Validate, stamp id and meta, serialise once and extract the search index."""
+    ) -> tuple[str, str, ResourceIndex]:
+        """Validate, stamp id and meta, serialise once and extract the search index.
+
+        Returns the JSON text (plaintext), the text to store and the index values, which
+        come from the protector's index form when it sealed anything.
+        """
         issues = self.services.validator.validate(body, resource_type=type_)
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
@@ -291,8 +304,12 @@ class Repository:
                 stamped[key] = value
         for check in self.services.hooks.checks.get(type_, ()):
             check(stamped)
-        index = self.services.extractor.extract(stamped)
-        return jsonio.dumps(stamped), index
+        content = jsonio.dumps(stamped)
+        protector = self.services.protector
+        sealed = protector.seal(stamped, content) if protector is not None else None
+        if sealed is None:
+            return content, content, self.services.extractor.extract(stamped)
+        return content, sealed.stored, self.services.extractor.extract(sealed.indexed)
 
     async def _clear_index(self, pk: int) -> None:
         for table in INDEX_TABLES.values():
@@ -308,8 +325,12 @@ class Repository:
         action: str,
         content: str | None,
         index: ResourceIndex | None,
+        *,
+        stored: str | None = None,
     ) -> None:
-        await self._after_writes([_Write(pk, type_, id_, version, now, action, content, index)])
+        await self._after_writes(
+            [_Write(pk, type_, id_, version, now, action, content, index, stored)]
+        )
 
     async def _after_writes(self, writes: list[_Write]) -> None:
         """History rows, index rows and outbox events of several writes: one statement each."""
@@ -322,7 +343,7 @@ class Repository:
                     "version_id": w.version,
                     "last_updated": w.now,
                     "action": w.action,
-                    "content": w.content,
+                    "content": w.content if w.stored is None else w.stored,
                 }
                 for w in writes
             ],
@@ -367,6 +388,7 @@ class _Write:
     action: str
     content: str | None
     index: ResourceIndex | None
+    stored: str | None = None  # the protected form of ``content``, when it differs
 
 
 def _resource_type(body: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ work on ranges, as https://hl7.org/fhir/R4/search.html#prefix defines them: the 
 value's precision gives [sl, sh], the stored value's [vl, vh]. A composite joins the rows
 of its components on (res_pk, grp) (see ``storage/tables.py``); ``near`` tests a bounding
 box and the exact great-circle distance (``geo.py``); ``_text``/``_content`` are substring
-matches on the normalised texts (``text.py``).
+matches on the normalised texts (``text.py``). A token value also matches its blind-index
+form, which is what the index holds for a protected value (``storage/protect.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
+from sqlalchemy import ColumnElement, Text, and_, false, literal, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
 from smartmed.fhir.errors import Invalid
@@ -35,6 +36,7 @@ from smartmed.fhir.search.query import (
 )
 from smartmed.fhir.search.rows import composite_param
 from smartmed.fhir.search.text import search_words
+from smartmed.fhir.storage.protect import BlindCode
 from smartmed.fhir.storage.tables import INDEX_TABLES, resource
 
 # A resource type: a literal, or a column when an unqualified chain allows several.
@@ -126,7 +128,7 @@ def _value_condition(
         return _token_match(c.system, c.code, value)
     if kind == "token" and isinstance(value, OfTypeQuery):
         # search.html#token: Identifier.type coding and Identifier.value; not its system.
-        conds = [c.code == value.value, c.type_code.is_not(None)]
+        conds = [_code_is(c.code, value.value), c.type_code.is_not(None)]
         if value.system is not None:
             conds.append(c.type_system == value.system)
         if value.code is not None:
@@ -191,16 +193,25 @@ def _value_condition(
     )
 
 
+def _code_is(code: Any, wanted: str | None) -> ColumnElement[bool]:
+    """The code column equals ``wanted`` as given or in its blind-index form."""
+    if wanted is None:
+        return cast(ColumnElement[bool], code.is_(None))
+    return cast(
+        ColumnElement[bool], code.in_([literal(wanted, Text()), literal(wanted, BlindCode())])
+    )
+
+
 def _token_match(system: Any, code: Any, value: TokenQuery) -> ColumnElement[bool]:
     """``[system]|[code]`` semantics (search.html#token) on a system and a code column."""
     wanted_system, wanted_code, system_given = value
     if not system_given:
-        return cast(ColumnElement[bool], code == wanted_code)
+        return _code_is(code, wanted_code)
     if wanted_code is None:
         return cast(ColumnElement[bool], system == wanted_system)
     if wanted_system is None:
-        return and_(system.is_(None), code == wanted_code)
-    return and_(system == wanted_system, code == wanted_code)
+        return and_(system.is_(None), _code_is(code, wanted_code))
+    return and_(system == wanted_system, _code_is(code, wanted_code))
 
 
 def _in_valueset(c: Any, value: ValueSetQuery) -> ColumnElement[bool]:

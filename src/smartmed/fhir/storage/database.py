@@ -4,6 +4,10 @@ One code path for SQLite (aiosqlite, embedded default) and PostgreSQL (asyncpg).
 Write transactions go through :meth:`Database.write`: on SQLite it serialises writers
 of this process and takes the write lock up front (``BEGIN IMMEDIATE``) so that a
 transaction that reads before it writes can never fail half-way with ``SQLITE_BUSY``.
+
+A database may carry a protector (``protect.py``): its keys are (re)loaded before a read
+or write connection is handed out whenever the protector says they are due (first use,
+then now and then to see keys rotated by another process), outside any transaction.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from smartmed.fhir.storage.protect import Protector, install
 
 _WRITE = "smartmed_write"
 
@@ -59,12 +65,24 @@ class Database:
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self.protector: Protector | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+
+    def protect(self, protector: Protector | None) -> None:
+        """Install ``protector`` for everything read and searched through this database."""
+        self.protector = protector
+        install(self.engine.sync_engine.dialect, protector)
+
+    async def _prepare(self) -> None:
+        protector = self.protector
+        if protector is not None and protector.refresh_due():
+            await protector.refresh(self)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside one write transaction, committed on success, rolled back on error."""
+        await self._prepare()
         if self._write_lock is not None:
             async with self._write_lock:
                 async with self.engine.connect() as conn:
@@ -78,6 +96,7 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads, in autocommit mode (each statement sees committed data)."""
+        await self._prepare()
         async with self._read_engine.connect() as conn:
             yield conn
 

@@ -13,7 +13,9 @@
 
 On PostgreSQL resource JSON is ``JSONB``; on SQLite ``TEXT``. The engine is created with
 identity JSON (de)serialisers, so Python always passes and receives the JSON *text*: a
-read never parses and re-serialises a resource.
+read never parses and re-serialises a resource. Columns that may hold sensitive values
+(resource JSON, saved response bodies) are revealed on the way out by the installed
+protector, if any (``protect.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
+
+from smartmed.fhir.storage.protect import ResourceJson, SealedText
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -46,8 +49,9 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # Surrogate keys: BIGINT identity on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
 PK: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
-# Resource JSON: JSONB on PostgreSQL, TEXT on SQLite; always str on the Python side.
-RESOURCE_JSON: TypeEngine[str] = Text().with_variant(JSONB(), "postgresql")
+# Resource JSON: JSONB on PostgreSQL, TEXT on SQLite; always str on the Python side, and
+# revealed (protected values decrypted) by the installed protector when read.
+RESOURCE_JSON: TypeEngine[str] = ResourceJson()
 
 TYPE_LEN = 64
 ID_LEN = 64
@@ -229,5 +233,5 @@ idempotency_key = Table(
     Column("created_at", DateTime(timezone=False), nullable=False),
     Column("status", Integer, nullable=True),
     Column("headers", Text, nullable=True),
-    Column("body", Text, nullable=True),
+    Column("body", SealedText, nullable=True),
 )
