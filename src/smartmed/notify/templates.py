@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_datetime
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, meta
 from jinja2.exceptions import UndefinedError
 
 from smartmed.notify.errors import UnknownTemplate, UnusableData
@@ -118,6 +118,14 @@ def _block(template: Template, name: str, data: dict[str, Any]) -> str:
     return "".join(template.blocks[name](context)).strip()
 
 
+def needs(name: str, locale: str, timezone: str) -> set[str]:
+    """The data names template ``name`` uses in ``locale``."""
+    env = _environment(locale, timezone)
+    assert env.loader is not None
+    source, _, _ = env.loader.get_source(env, f"{name}{_SUFFIX}")
+    return set(meta.find_undeclared_variables(env.parse(source)))
+
+
 def render(name: str, locale: str, data: dict[str, Any], *, timezone: str) -> Rendered:
     """Render template ``name`` in ``locale`` (falling back to zh-CN) with ``data``."""
     check_template(name)
@@ -134,8 +142,9 @@ def render(name: str, locale: str, data: dict[str, Any], *, timezone: str) -> Re
             if block.startswith("wechat_")
         }
     except UndefinedError as exc:
+        missing = ", ".join(sorted(needs(name, locale, timezone) - set(data))) or exc.message
         raise UnusableData(
-            f"template {name!r} needs data it was not given: {exc.message}", expression="data"
+            f"template {name!r} needs data it was not given: {missing}", expression="data"
         ) from None
     except (TemplateError, ValueError, TypeError, OverflowError) as exc:
         raise UnusableData(
