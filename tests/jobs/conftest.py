@@ -69,6 +69,23 @@ async def jobs_app(db_url: str) -> AsyncIterator[FastAPI]:
         yield app
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+async def module_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FastAPI]:
+    """One application per module and backend, for tests that write nothing."""
+    need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('jobs')}/jobs.db"
+    else:
+        url = await create_pg_database()
+    app = create_app(settings_for(url))
+    async with app.router.lifespan_context(app):
+        yield app
+    if request.param == "postgres":
+        await drop_pg_database(url)
+
+
 async def make_due(engine: FhirEngine) -> None:
     """Skip every back-off: queued jobs become due now."""
     async with engine.db.write() as conn:
