@@ -157,7 +157,8 @@ class PortalSessionMiddleware:
                 headers.append(
                     (b"set-cookie", _cookie(box, session, settings.session_idle_seconds))
                 )
-                headers.append((b"cache-control", b"no-store"))
+                if not any(name.lower() == b"cache-control" for name, _v in headers):
+                    headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)
 
