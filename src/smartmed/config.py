@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     auth_required: bool = Field(
         default=False, description="Every /fhir/R4 request (but metadata) needs a bearer token"
     )
+    access_policy_file: Path | None = Field(
+        default=None, description="Access policy JSON replacing the shipped one (docs/access.md)"
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Encrypts signing keys and TOTP secrets; dev default: var/"
     )
@@ -106,6 +109,18 @@ class Settings(BaseSettings):
     )
     auth_rate_per_minute: int = Field(default=60, ge=1, description="per client IP and account")
     log_json: bool = False
+    # Audit (docs/audit.md).
+    audit_enabled: bool = Field(default=True, description="Install the audit log as the sink")
+    audit_retention_days: int = Field(
+        default=2190,
+        ge=183,
+        description="Keep audit records this long (6 years); never under 183 days (6 months)",
+    )
+    audit_chain_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    audit_batch_window_ms: float = Field(
+        default=0.0, ge=0, le=100, description="Extra wait to grow each group commit"
+    )
+    audit_site: str = Field(default="smartmed", description="AuditEvent.source.site")
     # Durable jobs, workflow handlers and subscriptions (docs/events.md).
     jobs_in_app: bool = Field(
         default=True, description="The app process runs jobs too (SQLite: the only runner)"

@@ -79,8 +79,38 @@ async def test_code_flow_with_pkce_totp_and_scopes(auth_app: FastAPI, identity: 
             json={"resourceType": "Patient", "name": [{"family": "Synthetic"}]},
             headers={"Content-Type": "application/fhir+json"},
         )
-    assert created.status_code == 201, created.text
-    patient_id = created.json()["id"]
+        assert created.status_code == 201, created.text
+        patient_id = created.json()["id"]
+        # The doctor's team holds a family-doctor contract with the patient (access policy).
+        await c.put(
+            "/fhir/R4/Practitioner/p1",
+            json={"resourceType": "Practitioner", "id": "p1"},
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        team = await c.post(
+            "/fhir/R4/CareTeam",
+            json={
+                "resourceType": "CareTeam",
+                "participant": [{"member": {"reference": "Practitioner/p1"}}],
+            },
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        contract = await c.post(
+            "/fhir/R4/Contract",
+            json={
+                "resourceType": "Contract",
+                "status": "executed",
+                "subject": [{"reference": f"Patient/{patient_id}"}],
+                "extension": [
+                    {
+                        "url": "urn:smartmed:extension:contract-care-team",
+                        "valueReference": {"reference": f"CareTeam/{team.json()['id']}"},
+                    }
+                ],
+            },
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        assert contract.status_code == 201, contract.text
 
     oauth, token = await _code_flow(auth_app, identity)
     assert token["token_type"] == "Bearer"

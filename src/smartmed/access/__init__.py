@@ -8,19 +8,54 @@ Public API for other modules:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from smartmed.fhir.hooks import current_access
+
 if TYPE_CHECKING:
+    from smartmed.access.guard import AccessControl
     from smartmed.fhir.context import FhirEngine
     from smartmed.identity.principal import Principal
+
+
+def install_access(engine: FhirEngine, definitions: Path) -> AccessControl:
+    """Compile the configured policy onto ``engine`` and keep grants in step with writes."""
+    from smartmed.access.guard import AccessControl
+    from smartmed.access.policy import load_policy
+
+    control = AccessControl(load_policy(engine.settings.access_policy_file), definitions)
+    control.deriver.install(engine.services.hooks)
+    engine.access = control
+    return control
 
 
 async def may_read(
     engine: FhirEngine, conn: AsyncConnection, principal: Principal | None, resource: dict[str, Any]
 ) -> bool:
-    """Whether ``principal`` may read ``resource`` (None: the platform itself, always)."""
+    """Whether ``principal`` may read ``resource`` (None: the platform itself, always).
+
+    Its SMART scopes must allow reading the type, and the access policy the resource.
+    """
     if principal is None:
         return True
-    return principal.scopes.allows(str(resource.get("resourceType", "")), "r")
+    type_ = str(resource.get("resourceType", ""))
+    id_ = str(resource.get("id", ""))
+    if not principal.scopes.allows(type_, "r"):
+        return False
+    control: AccessControl | None = engine.access
+    guard = control.guard_for(principal) if control is not None else None
+    if guard is None:
+        return True
+    from smartmed.fhir.errors import Forbidden
+
+    reset = current_access.set(None)
+    try:
+        await guard.check_read(conn, type_, id_)
+    except Forbidden:
+        return False
+    finally:
+        current_access.reset(reset)
+    return True

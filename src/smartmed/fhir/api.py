@@ -36,6 +36,7 @@ from smartmed.fhir import bundles, interactions
 from smartmed.fhir.capability import capability_statement
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import (
+    Forbidden,
     Invalid,
     NotFound,
     OutcomeIssue,
@@ -43,6 +44,7 @@ from smartmed.fhir.errors import (
     operation_outcome,
 )
 from smartmed.fhir.history import history
+from smartmed.fhir.hooks import current_access
 from smartmed.fhir.idempotency import SavedResponse, claim, request_hash, save
 from smartmed.fhir.interactions import Outcome
 from smartmed.fhir.model import StoredResource, fhir_instant, http_date
@@ -82,6 +84,10 @@ class _OpConvertor(_TypeConvertor):
 register_url_convertor("ftype", _TypeConvertor())
 register_url_convertor("fid", _IdConvertor())
 register_url_convertor("fop", _OpConvertor())
+
+# Operations a person (a caller under an access policy) may call; the rest (view runs,
+# exports) read the store wholesale and are for system clients.
+PERSON_OPERATIONS = frozenset({"validate", "everything", "meta", "meta-add", "meta-delete"})
 
 
 def _engine(request: Request) -> FhirEngine:
@@ -269,6 +275,11 @@ def build_router() -> APIRouter:
         id_ = params.get("id")
         level = "instance" if id_ else ("type" if type_ else "system")
         op = engine.operations.find(params["op"][1:], level, type_)
+        if current_access.get() is not None and op.name not in PERSON_OPERATIONS:
+            raise Forbidden(
+                f"${op.name} is for system clients; people reach data through the "
+                "interactions their access policy allows"
+            )
         body = None
         if request.method == "POST":
             _, body = await json_body(request, engine.settings)

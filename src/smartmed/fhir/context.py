@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,6 +29,7 @@ class FhirEngine:
     operations: OperationRegistry = field(default_factory=OperationRegistry)
     capability_cache: dict[str, str] = field(default_factory=dict)
     audit: AuditSink | None = None  # installed by the application (smartmed.audit)
+    access: Any = None  # smartmed.access.AccessControl, installed by build()
 
     @classmethod
     def build(cls, settings: Settings) -> FhirEngine:
@@ -55,6 +57,9 @@ class FhirEngine:
 
         register_builtin_operations(engine.operations)
         register_view_operations(engine.operations)
+        from smartmed.access import install_access
+
+        install_access(engine, folder)
         return engine
 
     def repository(self, conn: AsyncConnection) -> Repository:

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, case, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.fhir.errors import Invalid
+from smartmed.fhir.hooks import current_access, note_touched
 from smartmed.fhir.operations import Operation, OperationCall, OperationParam, OperationResult
 from smartmed.fhir.request import parse_instant_param
 from smartmed.fhir.search.compartment import OWN, compartments
@@ -55,6 +56,9 @@ async def _referenced(
     return [and_(r.type == t, r.id.in_(ids)) for t, ids in grouped.items()]
 
 
+NOT_RECORD = frozenset({"AuditEvent"})
+
+
 async def _everything(call: OperationCall) -> OperationResult:
     """$everything on one Patient: a paged ``searchset`` of its whole record."""
     engine = call.context
@@ -72,9 +76,12 @@ async def _everything(call: OperationCall) -> OperationResult:
     table = compartments(definitions_folder(settings.definitions_dir))[PATIENT]
     ref = idx_reference.c
     r = resource.c
+    # The audit trail about a patient is in the Patient compartment but is not part of
+    # their record: it comes only when asked for by _type.
     links_to_patient = [
         and_(ref.resource_type == t, ref.param.in_([p for p in params if p != OWN]))
         for t, params in table.items()
+        if t not in NOT_RECORD or (types is not None and t in types)
     ]
     member_pks = select(ref.res_pk).where(
         ref.target_type == PATIENT, ref.target_id == patient_id, or_(*links_to_patient)
@@ -91,6 +98,12 @@ async def _everything(call: OperationCall) -> OperationResult:
             conds.append(r.last_updated >= parse_instant_param(call.inputs["_since"], "_since"))
         if snapshot is not None:
             conds.append(r.pk <= snapshot)
+        guard = current_access.get()
+        if guard is not None:
+            await guard.ready(conn)
+            allowed = guard.any_condition(resource)
+            if allowed is not None:
+                conds.append(allowed)
         first = case((itself, 0), else_=1)
         stmt = (
             select(r.pk, r.type, r.id, r.content)
@@ -100,6 +113,8 @@ async def _everything(call: OperationCall) -> OperationResult:
             .offset(offset)
         )
         rows = list((await conn.execute(stmt)).all()) if count > 0 else []
+        for row in rows[:count]:
+            note_touched(row.type, row.id)
         total = (
             await conn.execute(select(func.count()).select_from(resource).where(*conds))
         ).scalar_one()

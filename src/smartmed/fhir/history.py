@@ -13,8 +13,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from smartmed.fhir.hooks import current_access, note_touched
 from smartmed.fhir.model import StoredResource
-from smartmed.fhir.storage.tables import resource_history
+from smartmed.fhir.storage.tables import resource, resource_history
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,20 @@ async def history(
         conditions.append(h.last_updated >= since)
     if at_or_before is not None:
         conditions.append(h.last_updated <= at_or_before)
+    guard = current_access.get()
+    if guard is not None:
+        await guard.ready(conn)
+        if type_ is not None and id_ is not None:
+            live = await conn.execute(
+                select(resource.c.pk).where(
+                    resource.c.type == type_, resource.c.id == id_, resource.c.deleted.is_(False)
+                )
+            )
+            if live.first() is not None:
+                await guard.check_read(conn, type_, id_)  # 403 rather than an empty history
+        allowed = guard.history_condition(h.type, h.id)
+        if allowed is not None:
+            conditions.append(allowed)
     if snapshot is None:
         snapshot = (await conn.execute(select(func.coalesce(func.max(h.pk), 0)))).scalar_one()
     conditions.append(h.pk <= snapshot)
@@ -80,4 +95,6 @@ async def history(
         )
         for r in rows
     ]
+    for r in rows:
+        note_touched(r.type, r.id)
     return HistoryPage(entries, total, snapshot)

@@ -78,3 +78,60 @@ class WriteHooks:
 
     def add_after_write(self, type_: str, hook: AfterWrite) -> None:
         self.after.setdefault(type_, []).append(hook)
+
+
+class AccessGuard(Protocol):
+    """The access policy of one request's caller, consulted by every engine read and write.
+
+    Installed per request in :data:`current_access` (``smartmed.access``); absent for the
+    platform itself and for unrestricted system clients. SQL conditions take the alias of
+    the ``resource`` table being filtered; ``None`` means no restriction.
+    """
+
+    async def ready(self, conn: AsyncConnection) -> None:
+        """Resolve what the conditions need (the caller's teams, roles); idempotent."""
+
+    def search_condition(self, res: Any, type_: str) -> Any:
+        """Restriction for a search of ``type_`` (raise Forbidden if it may not search it)."""
+
+    def any_condition(self, res: Any) -> Any:
+        """Restriction for resources of any type (includes, history, $everything)."""
+
+    def check_summary(self, type_: str, summary: str | None) -> None:
+        """Refuse searches the caller may only count (aggregate-only roles)."""
+
+    def suppress_total(self, type_: str, total: int) -> int | None:
+        """The total to report (None: suppressed as a small count)."""
+
+    async def check_read(self, conn: AsyncConnection, type_: str, id_: str) -> None:
+        """Raise Forbidden unless the caller may read this resource."""
+
+    async def check_write(
+        self,
+        conn: AsyncConnection,
+        type_: str,
+        interaction: str,
+        refs: dict[str, set[str]],
+        id_: str | None = None,
+    ) -> None:
+        """Raise Forbidden unless the caller may make this write.
+
+        ``refs`` are the local references of the new content by search parameter
+        (``{"subject": {"Patient/3"}}``); empty for a deletion."""
+
+    def history_condition(self, type_column: Any, id_column: Any) -> Any:
+        """Restriction on history rows, by the type and id columns of the history table."""
+
+
+current_access: ContextVar[AccessGuard | None] = ContextVar("smartmed_access", default=None)
+
+
+# The resources ("Type/id") a FHIR request has read or written, for its audit record.
+touched: ContextVar[list[str] | None] = ContextVar("smartmed_touched", default=None)
+
+
+def note_touched(type_: str, id_: str) -> None:
+    """Record that the current request disclosed or changed ``type_/id_``."""
+    found = touched.get()
+    if found is not None:
+        found.append(f"{type_}/{id_}")

@@ -29,11 +29,11 @@ from smartmed.fhir.errors import (
     OutcomeIssue,
     PreconditionFailed,
 )
-from smartmed.fhir.hooks import WriteHooks
+from smartmed.fhir.hooks import WriteHooks, current_access, note_touched
 from smartmed.fhir.model import ID_RE, StoredResource, fhir_instant, utcnow
 from smartmed.fhir.search import rows as search_rows
 from smartmed.fhir.search.extract import IndexExtractor
-from smartmed.fhir.search.index import ResourceIndex
+from smartmed.fhir.search.index import ReferenceValue, ResourceIndex
 from smartmed.fhir.search.params import SearchRegistry
 from smartmed.fhir.storage.protect import Protector
 from smartmed.fhir.storage.tables import (
@@ -99,6 +99,10 @@ class Repository:
             raise NotFound(f"{type_}/{id_} is not known", expression=type_)
         if row.deleted:
             raise Gone(f"{type_}/{id_} was deleted (version {row.version_id})", expression=type_)
+        guard = current_access.get()
+        if guard is not None:
+            await guard.check_read(self.conn, type_, id_)
+        note_touched(type_, id_)
         return StoredResource(type_, id_, row.version_id, row.last_updated, False, row.content)
 
     async def vread(self, type_: str, id_: str, version_id: int) -> StoredResource:
@@ -115,6 +119,10 @@ class Repository:
             raise NotFound(f"{type_}/{id_}/_history/{version_id} is not known", expression=type_)
         if row.action == "delete":
             raise Gone(f"{type_}/{id_} version {version_id} is a deletion", expression=type_)
+        guard = current_access.get()
+        if guard is not None:
+            await guard.check_read(self.conn, type_, id_)
+        note_touched(type_, id_)
         return StoredResource(type_, id_, version_id, row.last_updated, False, row.content)
 
     async def exists(self, type_: str, id_: str) -> bool:
@@ -155,6 +163,10 @@ class Repository:
             stored_forms.append(stored)
         if not prepared:
             return []
+        guard = current_access.get()
+        if guard is not None:
+            for type_, _id, _, index in prepared:
+                await guard.check_write(self.conn, type_, "create", references(index))
         rows = [
             {
                 "type": t,
@@ -198,6 +210,10 @@ class Repository:
                 f"id '{body['id']}' in the body does not match '{id_}' in the URL",
                 expression=f"{type_}.id",
             )
+        guard = current_access.get()
+        if guard is not None:
+            index = self.services.extractor.extract(body)
+            await guard.check_write(self.conn, type_, "update", references(index), id_)
         current = await self._lock_current(type_, id_)
         if current is None:
             if if_match is not None:
@@ -237,6 +253,9 @@ class Repository:
 
     async def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> int | None:
         """Delete (keeping history); the new version id, or None when nothing was live."""
+        guard = current_access.get()
+        if guard is not None:
+            await guard.check_write(self.conn, type_, "delete", {}, id_)
         current = await self._lock_current(type_, id_)
         if current is None or current.deleted:
             if if_match is not None:
@@ -369,6 +388,8 @@ class Repository:
                 for w in writes
             ],
         )
+        for w in writes:
+            note_touched(w.type_, w.id_)
         after = self.services.hooks.after
         if after:
             for w in writes:
@@ -398,6 +419,16 @@ def _resource_type(body: dict[str, Any]) -> str:
             "the body is not a FHIR resource: resourceType is missing", expression="resourceType"
         )
     return type_
+
+
+def references(index: ResourceIndex) -> dict[str, set[str]]:
+    """The local references of an index by parameter code (for access checks)."""
+    found: dict[str, set[str]] = {}
+    for code, values in index.values.items():
+        for value in values:
+            if isinstance(value, ReferenceValue) and value.target_type and value.target_id:
+                found.setdefault(code, set()).add(f"{value.target_type}/{value.target_id}")
+    return found
 
 
 def index_rows(pk: int, type_: str, index: ResourceIndex) -> dict[str, list[dict[str, Any]]]:

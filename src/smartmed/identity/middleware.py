@@ -13,12 +13,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from sqlalchemy import select, tuple_
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smartmed.fhir.errors import FhirError, Unauthorized, operation_outcome
-from smartmed.fhir.hooks import current_principal
+from smartmed.fhir.hooks import AuditRecord, current_access, current_principal, touched
+from smartmed.fhir.model import utcnow
 from smartmed.fhir.request import FHIR_JSON
+from smartmed.fhir.storage.tables import idx_reference, resource
 from smartmed.identity.principal import Principal, check_scope
 from smartmed.identity.service import get_identity
 
@@ -96,7 +99,12 @@ def _respond(exc: FhirError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
 
 
 class FhirAuthMiddleware:
-    """Authenticates bearer tokens and enforces SMART scopes on the FHIR API."""
+    """Authenticates bearer tokens, enforces SMART scopes, installs the access guard and
+    writes the audit record of every FHIR request.
+
+    The audit record (``FhirEngine.audit``) is written before the last byte of the
+    response is sent, so nothing is disclosed without its record.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -111,44 +119,156 @@ class FhirAuthMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        header = request.headers.get("authorization")
-        reset = None
+        engine = request.app.state.fhir
+        call = _Call(request, rest)
+        touched_reset = touched.set(call.touched)
+        resets: list[tuple[Any, Any]] = []
+
+        async def send_audited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                call.status = int(message["status"])
+            elif not message.get("more_body", False) and engine.audit is not None:
+                await _audit(engine, call)
+            await send(message)
+
         try:
-            if header is None:
-                if request.app.state.fhir.settings.auth_required:
-                    raise Unauthorized("this server needs a bearer access token", error=None)
-                await self.app(scope, receive, send)
-                return
-            kind, _, token = header.partition(" ")
-            if kind.lower() != "bearer" or not token.strip():
-                raise Unauthorized(
-                    "the Authorization header must be 'Bearer <token>'", error="invalid_request"
+            try:
+                header = request.headers.get("authorization")
+                if header is None:
+                    if engine.settings.auth_required:
+                        raise Unauthorized("this server needs a bearer access token", error=None)
+                else:
+                    kind, _, token = header.partition(" ")
+                    if kind.lower() != "bearer" or not token.strip():
+                        raise Unauthorized(
+                            "the Authorization header must be 'Bearer <token>'",
+                            error="invalid_request",
+                        )
+                    principal = await get_identity(request.app).principal(request, token.strip())
+                    call.principal = principal
+                    scope.setdefault("state", {})["principal"] = principal
+                    resets.append((current_principal, current_principal.set(principal)))
+                    control = engine.access
+                    guard = control.guard_for(principal) if control is not None else None
+                    resets.append((current_access, current_access.set(guard)))
+                    if rest == "" and scope["method"] == "POST":
+                        raw = await request.body()
+                        try:
+                            body = orjson.loads(raw)
+                        except orjson.JSONDecodeError:
+                            body = None  # the API reports the bad body
+                        _check(principal, bundle_interactions(body))
+                        receive = _replay(raw)
+                    else:
+                        _check(principal, interactions(scope["method"], rest))
+            except FhirError as exc:
+                call.detail = exc.issues[0].diagnostics if exc.issues else None
+                status, headers, body_bytes = _respond(exc)
+                await send_audited(
+                    {"type": "http.response.start", "status": status, "headers": headers}
                 )
-            principal = await get_identity(request.app).principal(request, token.strip())
-            scope.setdefault("state", {})["principal"] = principal
-            reset = current_principal.set(principal)
-            if rest == "" and scope["method"] == "POST":
-                raw = await request.body()
-                try:
-                    body = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    body = None  # the API reports the bad body
-                _check(principal, bundle_interactions(body))
-                receive = _replay(raw)
-            else:
-                _check(principal, interactions(scope["method"], rest))
-        except FhirError as exc:
-            status, headers, body_bytes = _respond(exc)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body_bytes})
-            if reset is not None:
-                current_principal.reset(reset)
-            return
-        try:
-            await self.app(scope, receive, send)
+                await send_audited({"type": "http.response.body", "body": body_bytes})
+                return
+            await self.app(scope, receive, send_audited)
         finally:
-            if reset is not None:
-                current_principal.reset(reset)
+            for var, token_ in reversed(resets):
+                var.reset(token_)
+            touched.reset(touched_reset)
+
+
+class _Call:
+    """What the audit record of one FHIR request needs."""
+
+    __slots__ = ("request", "rest", "status", "principal", "detail", "touched")
+
+    def __init__(self, request: Request, rest: str) -> None:
+        self.request = request
+        self.rest = rest
+        self.status = 0
+        self.principal: Principal | None = None
+        self.detail: str | None = None
+        self.touched: list[str] = []
+
+
+_ACTIONS = {
+    "read": "R",
+    "vread": "R",
+    "history-instance": "R",
+    "history-type": "R",
+    "history-system": "R",
+    "search-type": "E",
+    "search-system": "E",
+    "create": "C",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+}
+
+
+async def _audit(engine: Any, call: _Call) -> None:
+    request = call.request
+    method = request.method
+    if call.rest == "" and method == "POST":
+        type_, subtype = "*", "batch/transaction"
+    else:
+        found = interactions(method, call.rest)
+        type_, subtype = found[0] if found else ("*", "read")
+    if subtype.startswith("$"):
+        action, query = "E", subtype
+        subtype = "operation"
+    else:
+        action, query = _ACTIONS.get(subtype, "E"), None
+    if subtype in ("search-type", "search-system"):
+        query = request.url.query or ""
+    if call.status < 400:
+        outcome = "0"
+    elif call.status < 500:
+        outcome = "4"
+    else:
+        outcome = "8"
+    entities = tuple(dict.fromkeys(call.touched))[:_MAX_ENTITIES]
+    patients = await _patients(engine, entities)
+    principal = call.principal
+    record = AuditRecord(
+        action=action,
+        subtype=subtype,
+        outcome=outcome,
+        recorded=utcnow(),
+        agent=principal.fhir_user if principal else None,
+        account=principal.subject if principal else None,
+        client_id=principal.client_id if principal else None,
+        roles=tuple(sorted({str(r.role) for r in principal.roles})) if principal else (),
+        source_ip=request.client.host if request.client else None,
+        purpose_of_use=request.headers.get("x-purpose-of-use"),
+        entities=entities or ((f"{type_}",) if type_ != "*" else ()),
+        patients=patients,
+        query=query,
+        detail=call.detail,
+    )
+    await engine.audit.record(record)
+
+
+_MAX_ENTITIES = 200
+
+
+async def _patients(engine: Any, entities: tuple[str, ...]) -> tuple[str, ...]:
+    """The patients whose records the touched resources are (by their Patient references)."""
+    found = {e for e in entities if e.startswith("Patient/")}
+    others = [tuple(e.split("/", 1)) for e in entities if not e.startswith("Patient/")]
+    if others:
+        ref = idx_reference.c
+        stmt = (
+            select(ref.target_id)
+            .join(resource, resource.c.pk == ref.res_pk)
+            .where(
+                tuple_(resource.c.type, resource.c.id).in_(others),
+                ref.target_type == "Patient",
+            )
+            .distinct()
+        )
+        async with engine.db.read() as conn:
+            found |= {f"Patient/{pid}" for pid in (await conn.execute(stmt)).scalars()}
+    return tuple(sorted(found))
 
 
 def _check(principal: Principal, needs: list[tuple[str, str]]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from smartmed.fhir.hooks import current_access
 from smartmed.fhir.search.query import IncludeParam
 from smartmed.fhir.storage.tables import idx_reference, resource
 
@@ -63,6 +64,12 @@ async def load_resources(
         conds.append(r.pk.not_in(list(exclude)))
     if snapshot is not None:
         conds.append(r.pk <= snapshot)
+    guard = current_access.get()
+    if guard is not None:
+        await guard.ready(conn)
+        allowed = guard.any_condition(resource)
+        if allowed is not None:
+            conds.append(allowed)
     stmt = select(r.pk, r.type, r.id, r.content).where(*conds).order_by(r.pk).limit(limit)
     return [Found(*row) for row in (await conn.execute(stmt)).all()]
 

@@ -22,6 +22,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.fhir.errors import Invalid, OutcomeIssue, operation_outcome
+from smartmed.fhir.hooks import current_access, note_touched
 from smartmed.fhir.repository import EngineServices
 from smartmed.fhir.search.has import has_condition
 from smartmed.fhir.search.include import Found, resolve_includes
@@ -149,6 +150,13 @@ async def search_bundle(
     offset = request.offset
     snapshot: int | None = _non_negative(control.get("_snapshot", "0"), "_snapshot") or None
     conds = _conditions(services, type_, request, restrict)
+    guard = current_access.get()
+    if guard is not None:
+        await guard.ready(conn)
+        guard.check_summary(type_, request.summary)
+        allowed = guard.search_condition(resource, type_)
+        if allowed is not None:
+            conds.append(allowed)
     if snapshot is not None:
         conds.append(resource.c.pk <= snapshot)
     count = services.default_count if request.count is None else request.count
@@ -177,6 +185,11 @@ async def search_bundle(
         ).scalar_one()
     elif offset == 0 and not has_next and request.total != "none":
         total = len(rows)
+    suppressed = False
+    if guard is not None and total is not None:
+        shown = guard.suppress_total(type_, total)
+        suppressed = shown is None
+        total = shown
     kept = [(k, v) for k, v in items if k not in ("_snapshot", "_offset")]
     if request.unknown:
         kept = [(k, v) for k, v in kept if k.split(":")[0] not in request.unknown]
@@ -210,6 +223,7 @@ async def search_bundle(
             content = summarize(content, summary)
         elif elements and mode == "match":
             content = only_elements(content, elements)
+        note_touched(found.type, found.id)
         full_url = orjson.dumps(f"{base_url}/{found.type}/{found.id}").decode()
         parts.append(f'{{"fullUrl":{full_url},"resource":{content},"search":{{"mode":"{mode}"}}}}')
     issues = []
@@ -218,6 +232,9 @@ async def search_bundle(
         issues.append(OutcomeIssue("warning", "not-supported", text))
     if included.warning is not None:
         issues.append(OutcomeIssue("warning", "too-costly", "included " + included.warning))
+    if suppressed:
+        text = "the total is withheld: small counts are suppressed so no one can be singled out"
+        issues.append(OutcomeIssue("information", "suppressed", text))
     if issues:
         outcome = orjson.dumps(operation_outcome(issues)).decode()
         parts.append(f'{{"resource":{outcome},"search":{{"mode":"outcome"}}}}')
