@@ -38,16 +38,39 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from typing import Any
+from datetime import date
 
 from smartmed.demo import idcard, names
+from smartmed.demo.clinical import Clinical
+from smartmed.demo.codes import (
+    CARE_TEAM_SYSTEM,
+    DEFAULT_AS_OF,
+    HL7_ORG_TYPE,
+    HL7_PRACTITIONER_ROLE,
+    LOINC,
+    ORG_SYSTEM,
+    ORG_TYPE_SYSTEM,
+    PRACTITIONER_SYSTEM,
+    QUALIFICATION_SYSTEM,
+    RESIDENT_ID_SYSTEM,
+    ROLE_SYSTEM,
+    SNOMED,
+    SPECIALTY_SYSTEM,
+    STAFF_ROLE_SYSTEM,
+    V2_0131,
+    V2_0203,
+    V3_MARITAL,
+    V3_ROLE,
+    Resource,
+    entry,
+    org_ref,
+    staff_ref,
+)
+from smartmed.demo.codes import concept as _concept
 from smartmed.demo.population import (
     ADULT_AGE,
     Household,
     Person,
-    age_on,
-    anniversary,
     assign_conditions,
     birth_date,
     draw_people,
@@ -55,38 +78,17 @@ from smartmed.demo.population import (
     name_household,
 )
 
-Resource = dict[str, Any]
-
-# The reference date: "today" for the synthetic county. Fixed (not the clock) so that
-# the same seed gives the same Bundles on any day.
-DEFAULT_AS_OF = date(2026, 11, 1)
-HISTORY_DAYS = 730  # encounters and observations fall in the two years before as_of
-
-ORG_SYSTEM = "urn:smartmed:org"
-PRACTITIONER_SYSTEM = "urn:smartmed:practitioner"
-ROLE_SYSTEM = "urn:smartmed:practitioner-role"
-CARE_TEAM_SYSTEM = "urn:smartmed:care-team"
-RESIDENT_ID_SYSTEM = "urn:smartmed:id:resident"
-ORG_TYPE_SYSTEM = "urn:smartmed:org-type"
-QUALIFICATION_SYSTEM = "urn:smartmed:qualification"
-ENCOUNTER_TYPE_SYSTEM = "urn:smartmed:encounter-type"
-SPECIALTY_SYSTEM = "urn:smartmed:specialty"
-
-HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
-HL7_PRACTITIONER_ROLE = "http://terminology.hl7.org/CodeSystem/practitioner-role"
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-V2_0131 = "http://terminology.hl7.org/CodeSystem/v2-0131"
-V3_ROLE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
-V3_MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
-V3_ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-CONDITION_VER = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
+__all__ = [
+    "CARE_TEAM_SYSTEM",
+    "DEFAULT_AS_OF",
+    "ORG_SYSTEM",
+    "PRACTITIONER_SYSTEM",
+    "RESIDENT_ID_SYSTEM",
+    "ROLE_SYSTEM",
+    "County",
+    "generate_county",
+    "org_ref",
+]
 
 # Hospital departments: identifier suffix, Chinese name, SNOMED CT specialty.
 DEPARTMENTS: tuple[tuple[str, str, str, str], ...] = (
@@ -107,7 +109,30 @@ QUALIFICATIONS = {
     "tcm-physician": "中医执业医师",
     "rural-doctor": "乡村医生",
     "nurse": "注册护士",
+    "pharmacist": "执业药师",
+    "administrator": "卫生管理人员",
 }
+
+# PractitionerRole.code by staff role: HL7 practitioner-role where it has one, else ours.
+ROLE_CODES: dict[str, tuple[str, str, str, str]] = {
+    "doctor": (HL7_PRACTITIONER_ROLE, "doctor", "Doctor", "医生"),
+    "nurse": (HL7_PRACTITIONER_ROLE, "nurse", "Nurse", "护士"),
+    "pharmacist": (HL7_PRACTITIONER_ROLE, "pharmacist", "Pharmacist", "药师"),
+    "ict": (HL7_PRACTITIONER_ROLE, "ict", "ICT professional", "信息平台管理员"),
+    "admin": (STAFF_ROLE_SYSTEM, "institution-admin", "Institution administrator", "机构管理员"),
+    "analyst": (STAFF_ROLE_SYSTEM, "analyst", "Health-authority analyst", "卫生统计分析员"),
+}
+PHARMACY_SPECIALTY = (SNOMED, "394600006", "Clinical pharmacology")
+ADMINISTRATION = (SPECIALTY_SYSTEM, "health-administration", "卫生管理")
+
+# Shared diagnostic centres of the county medical community (县域医共体资源共享中心),
+# run by the county hospital: identifier suffix, Chinese name.
+SHARED_CENTRES: tuple[tuple[str, str], ...] = (
+    ("LAB", "医学检验中心"),
+    ("IMG", "医学影像中心"),
+    ("ECG", "心电诊断中心"),
+    ("PATH", "病理诊断中心"),
+)
 
 # Relationship of a household member to the head: (role, is male) -> v3 RoleCode, Chinese.
 RELATIONSHIPS: dict[tuple[str, bool], tuple[str, str, str]] = {
@@ -136,13 +161,6 @@ _MOBILE_PREFIXES = (
 ).split()
 OWN_PHONE_AGE = 16  # younger residents are reached through a guardian (Patient.contact)
 
-# Modelling assumptions for the vital signs (plausible ranges, not statistics):
-# half of the treated patients are controlled at a given visit; weight means are the
-# national adult means of the Report on Nutrition and Chronic Diseases of Chinese
-# Residents 2020 (men 69.6 kg, women 59.0 kg), the spreads are ours.
-CONTROLLED_SHARE = 0.5
-ADULT_WEIGHT_KG = {True: (69.6, 10.0), False: (59.0, 8.5)}
-
 
 @dataclass(frozen=True, slots=True)
 class County:
@@ -165,7 +183,7 @@ class Staff:
 
     code: str
     person: Person
-    role: str  # doctor | nurse
+    role: str  # a key of ROLE_CODES: doctor, nurse, pharmacist, admin, analyst, ict
     qualification: str
     specialty: tuple[str, str, str]
     org: str
@@ -202,36 +220,9 @@ class Township:
         return [s for s in self.team if s.specialty == GENERAL_PRACTICE and s.role == "doctor"]
 
 
-def org_ref(code: str, display: str | None = None) -> Resource:
-    """A conditional reference to the organisation with that identifier."""
-    ref: Resource = {"reference": f"Organization?identifier={ORG_SYSTEM}|{code}"}
-    if display:
-        ref["display"] = display
-    return ref
-
-
 def practitioner_ref(staff: Staff) -> Resource:
     """A conditional reference to a practitioner by identifier."""
-    return {
-        "reference": f"Practitioner?identifier={PRACTITIONER_SYSTEM}|{staff.code}",
-        "display": staff.person.name,
-    }
-
-
-def _coding(system: str, code: str, display: str) -> Resource:
-    return {"system": system, "code": code, "display": display}
-
-
-def _concept(system: str, code: str, display: str, text: str | None = None) -> Resource:
-    concept: Resource = {"coding": [_coding(system, code, display)]}
-    if text:
-        concept["text"] = text
-    return concept
-
-
-def _timestamp(day: date, minutes: int) -> str:
-    """A local (UTC+8) dateTime ``minutes`` after midnight of ``day``."""
-    return f"{day.isoformat()}T{minutes // 60:02d}:{minutes % 60:02d}:00+08:00"
+    return staff_ref(staff.code, staff.person.name)
 
 
 def _bundle(entries: list[Resource]) -> Resource:
@@ -252,6 +243,9 @@ class _Generator:
         self.county = county
         self.townships: list[Township] = []
         self._staff_count = 0
+        self.staff: list[Staff] = []
+        self.department_doctors: dict[str, list[Staff]] = {}
+        self.department_names: dict[str, str] = {}  # every organisation's name by code
         self._id_numbers: set[str] = set()
         self._phones: set[str] = set()
 
@@ -295,12 +289,7 @@ class _Generator:
         }
         return address
 
-    @staticmethod
-    def entry(resource: Resource, full_url: str, if_none_exist: str | None = None) -> Resource:
-        request: Resource = {"method": "POST", "url": resource["resourceType"]}
-        if if_none_exist:
-            request["ifNoneExist"] = if_none_exist
-        return {"fullUrl": full_url, "resource": resource, "request": request}
+    entry = staticmethod(entry)
 
     @staticmethod
     def human_name(person: Person) -> list[Resource]:
@@ -380,6 +369,7 @@ class _Generator:
                 code, name, kind, local, lines, org_urls[part_of] if part_of else None
             )
             org_urls[code] = url
+            self.department_names[code] = name
             entries.append(self.entry(resource, url, f"identifier={ORG_SYSTEM}|{code}"))
 
         provider = ("prov", "Healthcare Provider")
@@ -402,6 +392,35 @@ class _Generator:
                 self._staff(f"CH-{suffix}", "doctor", "physician", specialty) for _ in range(2)
             ]
             staff.append(self._staff(f"CH-{suffix}", "nurse", "nurse", specialty))
+        add_org(
+            "CH-PHARM",
+            hospital + "药剂科",
+            department,
+            ("department", "医技科室"),
+            ["城关健康路1号"],
+            "CH",
+        )
+        staff.append(self._staff("CH-PHARM", "pharmacist", "pharmacist", PHARMACY_SPECIALTY))
+        staff.append(self._staff("CH", "admin", "administrator", ADMINISTRATION))
+        for suffix, centre in SHARED_CENTRES:
+            add_org(
+                f"CH-{suffix}",
+                f"{county}{centre}",
+                provider,
+                ("shared-centre", "县域共享中心"),
+                ["城关健康路1号"],
+                "CH",
+            )
+        add_org(
+            "HA",
+            f"{county}卫生健康局",
+            ("govt", "Government"),
+            ("health-authority", "县级卫生健康行政部门"),
+            ["城关人民路2号"],
+            None,
+        )
+        staff.append(self._staff("HA", "analyst", "administrator", ADMINISTRATION))
+        staff.append(self._staff("HA", "ict", "administrator", ADMINISTRATION))
         add_org(
             "TCM",
             f"{county}中医院",
@@ -436,6 +455,17 @@ class _Generator:
                 [town, "卫生院路1号"],
                 "CH",
             )
+            # One retail pharmacy (零售药店) per township, with a licensed pharmacist.
+            pharmacy = f"PH{t:0{width}d}"
+            add_org(
+                pharmacy,
+                f"{town}康民大药房",
+                provider,
+                ("pharmacy", "零售药店"),
+                [town, "人民路18号"],
+                None,
+            )
+            staff.append(self._staff(pharmacy, "pharmacist", "pharmacist", PHARMACY_SPECIALTY))
             team = [
                 self._staff(code, "doctor", "physician", GENERAL_PRACTICE),
                 self._staff(code, "nurse", "nurse", GENERAL_PRACTICE),
@@ -461,6 +491,10 @@ class _Generator:
                 staff.append(doctor)
                 township.villages.append(Village(vcode, village, clinic, township, doctor))
 
+        self.staff = staff
+        for member in staff:
+            if member.role == "doctor":
+                self.department_doctors.setdefault(member.org, []).append(member)
         for member in staff:
             entries += self._staff_entries(member, org_urls[member.org])
         for township in self.townships:
@@ -495,14 +529,7 @@ class _Generator:
             "active": True,
             "practitioner": {"reference": staff.full_url, "display": person.name},
             "organization": {"reference": org_url},
-            "code": [
-                _concept(
-                    HL7_PRACTITIONER_ROLE,
-                    staff.role,
-                    staff.role.capitalize(),
-                    "医生" if staff.role == "doctor" else "护士",
-                )
-            ],
+            "code": [_concept(*ROLE_CODES[staff.role])],
             "specialty": [_concept(*staff.specialty)],
         }
         return [
@@ -626,7 +653,7 @@ class _Generator:
             patients.append(self.entry(patient, urls[i]))
         clinical: list[Resource] = []
         for person, url in zip(members, urls, strict=True):
-            clinical += _Clinical(self, person, url, village, gp).entries()
+            clinical += Clinical(self, person, url, village, gp).entries()
         return _bundle(patients + related + clinical)
 
     @staticmethod
@@ -644,285 +671,6 @@ class _Generator:
         if person.age < 30:
             return "S"
         return "S" if rng.random() < 0.5 else "D"
-
-
-class _Clinical:
-    """Conditions, Encounters and Observations of one resident."""
-
-    def __init__(
-        self, gen: _Generator, person: Person, patient_url: str, village: Village, gp: Staff
-    ) -> None:
-        self.gen = gen
-        self.rng = gen.clin_rng
-        self.person = person
-        self.patient_url = patient_url
-        self.village = village
-        self.gp = gp
-        self.performer = gp
-        self.out: list[Resource] = []
-
-    def entries(self) -> list[Resource]:
-        person, rng, as_of = self.person, self.rng, self.gen.as_of
-        conditions = []
-        if person.hypertension:
-            conditions.append(
-                self._condition("I10", "Essential (primary) hypertension", "原发性高血压")
-            )
-        if person.diabetes:
-            conditions.append(
-                self._condition(
-                    "E11.9", "Type 2 diabetes mellitus without complications", "2型糖尿病"
-                )
-            )
-        # Visit dates: the two years before as_of, never before birth nor before the
-        # diagnosis; two visits fall in different years when there is room (annual health
-        # check of the over-65s, or chronic-disease follow-ups).
-        since = max(
-            [person.birth]
-            + [date.fromisoformat(c["resource"]["onsetDateTime"]) for c in conditions]
-        )
-        span = min(HISTORY_DAYS, (as_of - since).days)
-        chronic = bool(conditions)
-        if not (chronic or person.age >= 65):
-            offsets = [rng.randint(0, span)]
-        elif span > 365:
-            offsets = [rng.randint(366, span), rng.randint(1, 365)]
-        else:
-            offsets = sorted({rng.randint(0, span), rng.randint(0, span)}, reverse=True)
-        bp_controlled = rng.random() < CONTROLLED_SHARE
-        glucose_controlled = rng.random() < CONTROLLED_SHARE
-        adult = person.age >= ADULT_AGE
-        for visit, offset in enumerate(offsets):
-            day = as_of - timedelta(days=offset)
-            age = age_on(person.birth, day)
-            encounter_url, start = self._encounter(day, conditions, age)
-            minutes = start + rng.randint(2, 10)
-            if not adult:
-                self._observe(encounter_url, day, minutes, *self._heart_rate(age))
-                self._observe(encounter_url, day, minutes, *self._child_weight(age))
-                continue
-            self._blood_pressure(encounter_url, day, minutes, bp_controlled)
-            self._observe(encounter_url, day, minutes, *self._heart_rate(age))
-            if visit == 0:
-                self._observe(
-                    encounter_url,
-                    day,
-                    minutes,
-                    "29463-7",
-                    "Body weight",
-                    "体重",
-                    self._adult_weight(),
-                    "kg",
-                    "kg",
-                )
-            if person.diabetes:
-                self._glucose(encounter_url, day, minutes, glucose_controlled)
-        return conditions + self.out
-
-    # -- resources ----------------------------------------------------------------
-
-    def _condition(self, code: str, display: str, text: str) -> Resource:
-        rng, person, as_of = self.rng, self.person, self.gen.as_of
-        # Diagnosed as an adult, within the last 25 years, preferably not in the last 60 days.
-        adult_since = anniversary(person.birth, ADULT_AGE)
-        earliest = max(adult_since, as_of - timedelta(days=25 * 365))
-        latest = as_of - timedelta(days=60)
-        if latest <= earliest:
-            onset = earliest
-        else:
-            onset = earliest + timedelta(days=rng.randint(0, (latest - earliest).days))
-        condition: Resource = {
-            "resourceType": "Condition",
-            "clinicalStatus": _concept(CONDITION_CLINICAL, "active", "Active"),
-            "verificationStatus": _concept(CONDITION_VER, "confirmed", "Confirmed"),
-            "category": [_concept(CONDITION_CATEGORY, "problem-list-item", "Problem List Item")],
-            "code": _concept(ICD10, code, display, text),
-            "subject": {"reference": self.patient_url},
-            "onsetDateTime": onset.isoformat(),
-        }
-        return self.gen.entry(condition, self.gen.full_url())
-
-    def _encounter(self, day: date, conditions: list[Resource], age: int) -> tuple[str, int]:
-        rng = self.rng
-        chronic = bool(conditions)
-        if chronic:
-            kind = ("chronic-follow-up", "慢性病随访")
-        elif age < 7:
-            kind = ("child-health-check", "0-6岁儿童健康检查")
-        else:
-            kind = ("health-check", "健康体检")
-        at_village = chronic and rng.random() < 0.7
-        township = self.village.township
-        provider = (
-            org_ref(self.village.code, self.village.clinic)
-            if at_village
-            else org_ref(township.code, township.centre)
-        )
-        clinician = self.village.doctor if at_village and self.village.doctor else self.gp
-        start = rng.randint(8 * 60, 11 * 60 + 30)  # morning clinic hours, 08:00–11:30
-        encounter: Resource = {
-            "resourceType": "Encounter",
-            "status": "finished",
-            "class": _coding(V3_ACT, "AMB", "ambulatory"),
-            "type": [_concept(ENCOUNTER_TYPE_SYSTEM, kind[0], kind[1], kind[1])],
-            "subject": {"reference": self.patient_url},
-            "participant": [{"individual": practitioner_ref(clinician)}],
-            "period": {
-                "start": _timestamp(day, start),
-                "end": _timestamp(day, start + rng.randint(10, 30)),
-            },
-        }
-        if conditions:
-            encounter["reasonReference"] = [{"reference": c["fullUrl"]} for c in conditions]
-        encounter["serviceProvider"] = provider
-        url = self.gen.full_url()
-        self.out.append(self.gen.entry(encounter, url))
-        self.performer = clinician
-        return url, start
-
-    def _base(
-        self,
-        encounter_url: str,
-        day: date,
-        minutes: int,
-        category: str,
-        code: str,
-        display: str,
-        text: str,
-    ) -> Resource:
-        cat_display = "Vital Signs" if category == "vital-signs" else "Laboratory"
-        return {
-            "resourceType": "Observation",
-            "status": "final",
-            "category": [_concept(OBSERVATION_CATEGORY, category, cat_display)],
-            "code": _concept(LOINC, code, display, text),
-            "subject": {"reference": self.patient_url},
-            "encounter": {"reference": encounter_url},
-            "effectiveDateTime": _timestamp(day, minutes),
-            "performer": [practitioner_ref(self.performer)],
-        }
-
-    @staticmethod
-    def _quantity(value: float, unit: str, ucum: str) -> Resource:
-        return {"value": value, "unit": unit, "system": UCUM, "code": ucum}
-
-    def _observe(
-        self,
-        encounter_url: str,
-        day: date,
-        minutes: int,
-        code: str,
-        display: str,
-        text: str,
-        value: float,
-        unit: str,
-        ucum: str,
-        category: str = "vital-signs",
-    ) -> None:
-        observation = self._base(encounter_url, day, minutes, category, code, display, text)
-        observation["valueQuantity"] = self._quantity(value, unit, ucum)
-        self.out.append(self.gen.entry(observation, self.gen.full_url()))
-
-    def _blood_pressure(
-        self, encounter_url: str, day: date, minutes: int, controlled: bool
-    ) -> None:
-        rng, person = self.rng, self.person
-        if person.hypertension and controlled:
-            systolic, diastolic = rng.gauss(132, 5), rng.gauss(82, 5)
-            systolic, diastolic = _clip(systolic, 118, 139), _clip(diastolic, 68, 89)
-        elif person.hypertension:
-            systolic, diastolic = (
-                _clip(rng.gauss(152, 9), 140, 185),
-                _clip(rng.gauss(93, 7), 78, 115),
-            )
-        else:  # rises gently with age, kept below the 140/90 threshold
-            over = person.age - ADULT_AGE
-            systolic = _clip(rng.gauss(110 + 0.35 * over, 8), 92, 139)
-            diastolic = _clip(rng.gauss(70 + 0.12 * over, 6), 58, 89)
-        diastolic = min(diastolic, systolic - 25)
-        observation = self._base(
-            encounter_url,
-            day,
-            minutes,
-            "vital-signs",
-            "85354-9",
-            "Blood pressure panel with all children optional",
-            "血压",
-        )
-        observation["component"] = [
-            {
-                "code": _concept(LOINC, "8480-6", "Systolic blood pressure", "收缩压"),
-                "valueQuantity": self._quantity(round(systolic), "mmHg", "mm[Hg]"),
-            },
-            {
-                "code": _concept(LOINC, "8462-4", "Diastolic blood pressure", "舒张压"),
-                "valueQuantity": self._quantity(round(diastolic), "mmHg", "mm[Hg]"),
-            },
-        ]
-        self.out.append(self.gen.entry(observation, self.gen.full_url()))
-
-    def _glucose(self, encounter_url: str, day: date, minutes: int, controlled: bool) -> None:
-        # LOINC 14771-0 is fasting glucose in moles/volume (mmol/L, the unit used in
-        # China); 1558-6 is the mass/volume (mg/dL) code and would not fit the unit.
-        rng = self.rng
-        if controlled:
-            value = _clip(rng.gauss(6.6, 0.6), 4.8, 7.0)
-        else:
-            value = _clip(rng.gauss(9.2, 1.8), 7.1, 18.0)
-        self._observe(
-            encounter_url,
-            day,
-            minutes,
-            "14771-0",
-            "Fasting glucose [Moles/volume] in Serum or Plasma",
-            "空腹血糖",
-            round(value, 1),
-            "mmol/L",
-            "mmol/L",
-            "laboratory",
-        )
-
-    def _heart_rate(self, age: int) -> tuple[str, str, str, float, str, str]:
-        # Normal ranges by age: Advanced Paediatric Life Support (APLS, 5th ed., 2011):
-        # <1 y 110–160, 1–2 y 100–150, 2–5 y 95–140, 5–12 y 80–120, >12 y 60–100 /min.
-        if age < 1:
-            low, high = 110, 160
-        elif age < 2:
-            low, high = 100, 150
-        elif age < 5:
-            low, high = 95, 140
-        elif age < 12:
-            low, high = 80, 120
-        else:
-            low, high = 60, 100
-        mean, spread = (low + high) / 2, (high - low) / 5
-        value = round(_clip(self.rng.gauss(mean, spread), low - 8, high + 10))
-        return "8867-4", "Heart rate", "心率", value, "beats/minute", "/min"
-
-    def _child_weight(self, age: int) -> tuple[str, str, str, float, str, str]:
-        # APLS (5th ed., 2011) weight estimates: 0–12 months 0.5 × months + 4; 1–5 years
-        # 2 × years + 8; 6–12 years 3 × years + 7; 13–17 years: our interpolation towards
-        # the adult means (Report on Nutrition and Chronic Diseases 2020: 69.6 / 59.0 kg).
-        person, rng = self.person, self.rng
-        if age < 1:
-            estimate = 0.5 * rng.randint(0, 11) + 4
-        elif age <= 5:
-            estimate = 2 * age + 8
-        elif age <= 12:
-            estimate = 3 * age + 7
-        else:
-            adult = ADULT_WEIGHT_KG[person.male][0]
-            estimate = 43 + (adult - 43) * (age - 12) / 6
-        value = round(estimate * _clip(rng.gauss(1, 0.1), 0.75, 1.3), 1)
-        return "29463-7", "Body weight", "体重", value, "kg", "kg"
-
-    def _adult_weight(self) -> float:
-        mean, spread = ADULT_WEIGHT_KG[self.person.male]
-        return round(_clip(self.rng.gauss(mean, spread), 38, 130), 1)
-
-
-def _clip(value: float, low: float, high: float) -> float:
-    return min(max(value, low), high)
 
 
 def generate_county(
