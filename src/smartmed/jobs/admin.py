@@ -34,10 +34,12 @@ async def access_admin(request: Request) -> Principal:
     return principal
 
 
+Admin = Annotated[Principal, Depends(access_admin)]
+
+
 def build_admin_router() -> APIRouter:
     """Routes under ``/api/admin/jobs``."""
     router = APIRouter(prefix="/api/admin/jobs", tags=["admin"])
-    Admin = Annotated[Principal, Depends(access_admin)]
 
     @router.get("")
     async def get_jobs(
