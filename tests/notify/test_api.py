@@ -1,0 +1,215 @@
+"""The inbox, preferences and undeliverable endpoints; who may call them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from smartmed.fhir.context import FhirEngine
+from smartmed.notify import notify
+from tests.notify.conftest import person, settle, token
+
+BP = {"patient": "张三", "systolic": 182, "diastolic": 110, "measured_at": "2026-11-22T01:30:00Z"}
+
+
+async def send_inapp(engine: FhirEngine, recipient: str, **kwargs: Any) -> str:
+    async with engine.db.write() as conn:
+        nid = await notify(
+            engine,
+            conn,
+            recipient=recipient,
+            template="bp-alert",
+            data=BP,
+            channels=("inapp",),
+            **kwargs,
+        )
+    await settle(engine, nid)
+    return nid
+
+
+def outcome(response: httpx.Response) -> tuple[int, str, str | None]:
+    issue = response.json()["issue"][0]
+    return response.status_code, issue["diagnostics"], (issue.get("expression") or [None])[0]
+
+
+async def test_no_token_is_401(api: httpx.AsyncClient) -> None:
+    r = await api.get("/api/notifications")
+    assert outcome(r) == (401, "sign in to the portal or send a bearer access token", None)
+    r = await api.get("/api/notifications", headers={"Authorization": "Basic abc"})
+    assert outcome(r) == (401, "the Authorization header must be 'Bearer <token>'", None)
+    r = await api.get("/api/notifications", headers={"Authorization": "Bearer not-a-jwt"})
+    assert r.status_code == 401
+
+
+async def test_account_without_person_has_no_inbox(
+    api: httpx.AsyncClient, notify_app: FastAPI
+) -> None:
+    r = await api.get("/api/notifications", headers=await token(notify_app, None))
+    assert outcome(r) == (
+        403,
+        "this account is not linked to a person (no fhirUser), so has no inbox",
+        None,
+    )
+
+
+async def test_inbox_and_mark_read(
+    api: httpx.AsyncClient, notify_app: FastAPI, engine: FhirEngine
+) -> None:
+    me = await person(engine, "Patient", language="en")
+    other = await person(engine, "Patient")
+    first = await send_inapp(engine, me)
+    second = await send_inapp(engine, me, urgency="urgent")
+    theirs = await send_inapp(engine, other)
+    auth = await token(notify_app, me, ["resident"])
+
+    r = await api.get("/api/notifications", headers=auth)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["unread"] == 2
+    assert [i["id"] for i in body["items"]] == [second, first]
+    second_seq = body["items"][0]["seq"]
+    item = body["items"][1]
+    assert {k: item[k] for k in ("recipient", "template", "urgency", "subject", "read")} == {
+        "recipient": me,
+        "template": "bp-alert",
+        "urgency": "routine",
+        "subject": "Blood pressure alert: 张三",
+        "read": None,
+    }
+    assert item["body"] == (
+        "张三 had a blood pressure of 182/110 mmHg at 22 Nov 2026, 09:30, "
+        "outside the set range. Please review."
+    )
+
+    r = await api.post(f"/api/notifications/{first}/read", headers=auth)
+    assert r.status_code == 204
+    r = await api.get("/api/notifications", params={"unread": "true"}, headers=auth)
+    assert [i["id"] for i in r.json()["items"]] == [second]
+    assert r.json()["unread"] == 1
+
+    r = await api.post(f"/api/notifications/{theirs}/read", headers=auth)
+    assert outcome(r) == (404, f"no message {theirs} in your inbox", None)
+    r = await api.get("/api/notifications", headers=await token(notify_app, other))
+    assert r.json()["unread"] == 1  # still unread: my call did not touch it
+
+    r = await api.post("/api/notifications/read-all", headers=auth)
+    assert r.json() == {"updated": 1}
+    r = await api.get("/api/notifications", params={"before": second_seq}, headers=auth)
+    assert [i["id"] for i in r.json()["items"]] == [first]
+    r = await api.get("/api/notifications", params={"limit": 0}, headers=auth)
+    assert r.status_code == 400
+
+
+async def test_preferences_roundtrip_and_bad_input(
+    api: httpx.AsyncClient, notify_app: FastAPI, engine: FhirEngine
+) -> None:
+    me = await person(engine, "Practitioner")
+    auth = await token(notify_app, me, ["family-doctor"])
+    r = await api.get("/api/notifications/preferences", headers=auth)
+    assert r.json() == {
+        "channels": {"inapp": True, "email": True, "sms": True, "wechat": True},
+        "quietHours": None,
+        "timezone": "Asia/Shanghai",
+    }
+    wanted = {
+        "channels": {"sms": False, "email": True},
+        "quietHours": {"start": "22:30", "end": "06:45"},
+        "timezone": "Asia/Urumqi",
+    }
+    r = await api.put("/api/notifications/preferences", json=wanted, headers=auth)
+    assert r.status_code == 200
+    expected = {
+        "channels": {"inapp": True, "email": True, "sms": False, "wechat": True},
+        "quietHours": {"start": "22:30", "end": "06:45"},
+        "timezone": "Asia/Urumqi",
+    }
+    assert r.json() == expected
+    assert (await api.get("/api/notifications/preferences", headers=auth)).json() == expected
+
+    bad = [
+        (
+            {"channels": {"pager": True}},
+            "unknown channel 'pager' (channels: inapp, email, sms, wechat)",
+            "channels.pager",
+        ),
+        (
+            {"channels": {"inapp": False}},
+            "the in-app inbox cannot be switched off: it keeps every notification",
+            "channels.inapp",
+        ),
+        (
+            {"quietHours": {"start": "9pm", "end": "07:00"}},
+            "quiet hours start '9pm' is not a time like 22:00",
+            "quietHours.start",
+        ),
+        ({"timezone": "Nowhere/City"}, "unknown time zone 'Nowhere/City'", "timezone"),
+    ]
+    for body, text, where in bad:
+        r = await api.put("/api/notifications/preferences", json=body, headers=auth)
+        assert outcome(r) == (400, text, where)
+    r = await api.put("/api/notifications/preferences", json={"colour": "red"}, headers=auth)
+    assert r.status_code == 400
+    assert (await api.get("/api/notifications/preferences", headers=auth)).json() == expected
+
+
+@pytest.mark.parametrize(
+    ("roles", "status"),
+    [
+        (["family-doctor"], 200),
+        (["nurse"], 200),
+        (["institution-admin"], 200),
+        (["platform-admin"], 200),
+        (["resident"], 403),
+        (["family-representative"], 403),
+        (["health-authority-analyst"], 403),
+        (["audit-admin"], 403),
+        ([], 403),
+    ],
+)
+async def test_undeliverable_list_is_for_staff(
+    api: httpx.AsyncClient,
+    notify_app: FastAPI,
+    engine: FhirEngine,
+    roles: list[str],
+    status: int,
+) -> None:
+    nobody = await person(engine, "Patient")
+    async with engine.db.write() as conn:
+        nid = await notify(
+            engine,
+            conn,
+            recipient=nobody,
+            template="bp-alert",
+            data=BP,
+            channels=("sms", "email"),
+            urgency="urgent",
+        )
+    auth = await token(notify_app, "Practitioner/someone", roles)
+    r = await api.get("/api/notifications/undeliverable", params={"limit": 500}, headers=auth)
+    assert r.status_code == status
+    if status != 200:
+        assert outcome(r) == (403, "only staff may list undeliverable notifications", None)
+        return
+    [item] = [i for i in r.json()["items"] if i["id"] == nid]
+    assert {k: v for k, v in item.items() if k not in ("created", "notBefore", "finished")} == {
+        "id": nid,
+        "recipient": nobody,
+        "template": "bp-alert",
+        "urgency": "urgent",
+        "locale": "zh-CN",
+        "status": "undeliverable",
+        "reason": f"no reachable channel: sms: {nobody} has no sms address; "
+        f"email: {nobody} has no email address",
+        "skipped": {
+            "sms": f"{nobody} has no sms address",
+            "email": f"{nobody} has no email address",
+        },
+        "plan": [],
+        "deliveredBy": [],
+        "communication": item["communication"],
+        "attempts": [],
+    }
+    assert item["communication"].startswith("Communication/")

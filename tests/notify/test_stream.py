@@ -1,0 +1,153 @@
+"""Live push: an SSE client on a real HTTP server receives new inbox messages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from smartmed.fhir.context import FhirEngine
+from smartmed.fhir.model import utcnow
+from smartmed.notify import notify
+from smartmed.notify.broker import broker
+from smartmed.notify.tables import notify_inbox
+from tests.notify.conftest import free_port, person, token
+
+BP = {"patient": "张三", "systolic": 182, "diastolic": 110, "measured_at": "2026-11-22T01:30:00Z"}
+
+
+@pytest.fixture
+async def server(notify_app: FastAPI) -> AsyncIterator[str]:
+    """The app on a local port (lifespan already run by the fixture); its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        notify_app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    await task
+
+
+async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parsed SSE events (comments and retry lines skipped)."""
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "data" in event:
+                yield event
+            event = {}
+        elif line.startswith((":", "retry:")):
+            continue
+        else:
+            name, _, value = line.partition(": ")
+            event[name] = value
+
+
+async def next_event(stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        return await anext(stream)
+
+
+async def test_push_reaches_an_open_stream(
+    server: str, notify_app: FastAPI, engine: FhirEngine
+) -> None:
+    me = await person(engine, "Practitioner")
+    auth = await token(notify_app, me, ["family-doctor"])
+    async with (
+        httpx.AsyncClient(base_url=server, timeout=10) as http,
+        http.stream("GET", "/api/notifications/stream", headers=auth) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = events(response)
+        while broker.open_streams(me) == 0:  # the stream is registered once connected
+            await asyncio.sleep(0.02)
+        async with engine.db.write() as conn:
+            nid = await notify(
+                engine,
+                conn,
+                recipient=me,
+                template="bp-alert",
+                data=BP,
+                channels=("inapp",),
+                urgency="urgent",
+            )
+        event = await next_event(stream)
+        assert event["event"] == "notification"
+        data = orjson.loads(event["data"])
+        assert (data["id"], data["subject"], data["urgency"]) == (
+            nid,
+            "血压异常提醒：张三",
+            "urgent",
+        )
+        assert event["id"] == str(data["seq"])
+
+        # A row written by another process (no in-process wake-up) arrives by polling.
+        async with engine.db.write() as conn:
+            await conn.execute(
+                notify_inbox.insert().values(
+                    notification_id="from-another-process",
+                    owner=me,
+                    recipient=me,
+                    template="bp-alert",
+                    urgency="routine",
+                    subject="s",
+                    body="b",
+                    created_at=utcnow(),
+                )
+            )
+        event = await next_event(stream)
+        assert orjson.loads(event["data"])["id"] == "from-another-process"
+        assert await next_event_or_none(stream) is None  # each message once
+
+
+async def next_event_or_none(stream: AsyncIterator[dict[str, Any]]) -> str | None:
+    """Nothing else is pending: the wait times out."""
+    try:
+        async with asyncio.timeout(0.5):
+            return str((await anext(stream))["data"])
+    except TimeoutError:
+        return None
+
+
+async def test_resume_after_a_sequence_number(
+    server: str, notify_app: FastAPI, engine: FhirEngine
+) -> None:
+    me = await person(engine, "Patient")
+    ids = []
+    for _ in range(2):
+        async with engine.db.write() as conn:
+            ids.append(
+                await notify(
+                    engine, conn, recipient=me, template="bp-alert", data=BP, channels=("inapp",)
+                )
+            )
+    auth = await token(notify_app, me, ["resident"])
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        r = await http.get("/api/notifications", headers=auth)
+        while len(r.json()["items"]) < 2:
+            await asyncio.sleep(0.05)
+            r = await http.get("/api/notifications", headers=auth)
+        seqs = sorted(i["seq"] for i in r.json()["items"])
+        headers = {**auth, "Last-Event-ID": str(seqs[0])}
+        async with http.stream("GET", "/api/notifications/stream", headers=headers) as response:
+            event = await next_event(events(response))
+        assert (int(event["id"]), orjson.loads(event["data"])["id"]) == (seqs[1], ids[1])
+
+
+async def test_stream_needs_a_person(server: str, notify_app: FastAPI) -> None:
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        r = await http.get("/api/notifications/stream")
+        assert r.status_code == 401
+        r = await http.get("/api/notifications/stream", headers=await token(notify_app, None))
+        assert r.status_code == 403
