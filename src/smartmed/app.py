@@ -74,11 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("database migrated", dialect=engine.db.url.get_backend_name())
         app.state.fhir = engine
         app.state.started = time.time()
+        from smartmed import audit
+
+        app.state.audit = audit.install(engine) if settings.audit_enabled else None
         from smartmed.jobs import runtime as jobs_runtime
 
         app.state.jobs = await jobs_runtime.start(engine)
         yield
         await jobs_runtime.stop(app.state.jobs)
+        if app.state.audit is not None:
+            await audit.shutdown(engine, app.state.audit)
         await engine.db.dispose()
 
     app = FastAPI(

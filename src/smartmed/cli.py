@@ -105,6 +105,10 @@ from smartmed.crypto.cli import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
 
+from smartmed.audit.cli import app as audit_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
+
 
 from smartmed.jobs.cli import jobs_app  # noqa: E402
 

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
+from smartmed.audit import auth as audit
 from smartmed.fhir.errors import FhirError
 from smartmed.identity.loginpage import NO_STORE as _NO_STORE
 from smartmed.identity.loginpage import SESSION_COOKIE, csrf_ok, page, to_authorize
@@ -199,6 +200,13 @@ def build_identity_router() -> APIRouter:
             )
         result = await identity.accounts.login(username, form.get("password", ""))
         if result.account is None:
+            await audit.record(
+                request,
+                audit.LOGIN_FAILED,
+                account=await audit.account_id(request, username),
+                outcome="4",
+                detail=result.error,
+            )
             return page(
                 request,
                 identity,
@@ -209,6 +217,13 @@ def build_identity_router() -> APIRouter:
             )
         account = result.account
         if account.needs_second_factor and not account.has_totp:
+            await audit.record(
+                request,
+                audit.LOGIN_FAILED,
+                account=account.id,
+                outcome="4",
+                detail="staff account without an enrolled second factor",
+            )
             return page(
                 request,
                 identity,
@@ -221,6 +236,8 @@ def build_identity_router() -> APIRouter:
         value = await identity.accounts.open_session(
             account.id, mfa_ok=not account.needs_second_factor
         )
+        if not account.needs_second_factor:
+            await audit.record(request, audit.LOGIN, account=account.id, detail="password")
         response = to_authorize(next_query)
         response.set_cookie(
             SESSION_COOKIE, value, httponly=True, secure=True, samesite="lax", path="/oauth"
@@ -264,6 +281,13 @@ def build_identity_router() -> APIRouter:
             )
         wait = identity.account_limiter.take("totp:" + session[0])
         if wait or not await identity.accounts.verify_totp(session[0], form.get("code", "")):
+            await audit.record(
+                request,
+                audit.LOGIN_FAILED,
+                account=session[0],
+                outcome="4",
+                detail="second factor (TOTP) rejected" if not wait else "too many TOTP attempts",
+            )
             return page(
                 request,
                 identity,
@@ -273,6 +297,7 @@ def build_identity_router() -> APIRouter:
                 status=401,
             )
         await identity.accounts.pass_second_factor(cookie)
+        await audit.record(request, audit.LOGIN, account=session[0], detail="password and TOTP")
         return to_authorize(next_query)
 
     @router.post("/oauth/token")
@@ -358,6 +383,7 @@ def build_identity_router() -> APIRouter:
                 headers={"WWW-Authenticate": 'Bearer realm="smartmed"'},
             )
         await identity.accounts.logout_everywhere(account_id)
+        await audit.record(request, audit.LOGOUT, account=account_id, detail="logout everywhere")
         response = Response(status_code=204, headers=_NO_STORE)
         response.delete_cookie(SESSION_COOKIE, path="/oauth", secure=True, httponly=True)
         return response

@@ -1,0 +1,67 @@
+"""Tamper-evident audit: every access and change as a hash-chained FHIR AuditEvent.
+
+=====================  =============================================================
+``writer.AuditLog``    the engine's audit sink: group-committed, durable appends
+``chain``              link hashes and the chainer (background, about once a second)
+``materialise``        chained records -> AuditEvent resources (``audit-<seq>``)
+``verify``             recompute the chain; altered / removed / reordered records
+``checkpoint``         signed chain heads (compact JWS) kept outside the database
+``retention``          prune records past retention, leaving a verifiable anchor
+``auth``               login / failed login / logout records for the identity router
+``cli``                ``smartmed audit verify | chain | checkpoint | prune``
+=====================  =============================================================
+
+See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from smartmed.audit.chain import chain_pending
+from smartmed.audit.materialise import materialise
+from smartmed.audit.record import BadRecord
+from smartmed.audit.writer import AuditLog, AuditUnavailable
+from smartmed.fhir.context import FhirEngine
+
+log = structlog.get_logger("smartmed.audit")
+
+__all__ = [
+    "AuditLog",
+    "AuditUnavailable",
+    "BadRecord",
+    "catch_up",
+    "install",
+    "shutdown",
+]
+
+
+async def catch_up(engine: FhirEngine) -> tuple[int, int]:
+    """Chain pending records, then materialise them: (chained, materialised)."""
+    chained = await chain_pending(engine.db)
+    stored = await materialise(engine, site=engine.settings.audit_site)
+    return chained, stored
+
+
+def install(engine: FhirEngine) -> AuditLog:
+    """Make an :class:`AuditLog` the engine's sink and start chaining in the background."""
+    settings = engine.settings
+    audit = AuditLog(engine.db, window=settings.audit_batch_window_ms / 1000)
+    engine.audit = audit
+    audit.start_maintenance(
+        lambda: catch_up(engine), interval=settings.audit_chain_interval_seconds
+    )
+    return audit
+
+
+async def shutdown(engine: FhirEngine, audit: AuditLog, *, timeout: float = 10.0) -> None:
+    """Store what is queued, stop the background task, chain and materialise one last time."""
+    await audit.close()
+    if engine.audit is audit:
+        engine.audit = None
+    try:
+        await asyncio.wait_for(catch_up(engine), timeout)
+    except Exception as exc:  # noqa: BLE001 - records are stored; the next start chains them
+        log.warning("audit catch-up at shutdown failed", error_type=type(exc).__name__)
