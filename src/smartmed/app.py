@@ -14,6 +14,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from smartmed.access.router import build_access_router
 from smartmed.config import Settings, get_settings
 from smartmed.fhir.api import build_router
 from smartmed.fhir.context import FhirEngine
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _outcome(500, "exception", "internal error; the request was not applied")
 
     app.include_router(build_identity_router())
+    app.include_router(build_access_router())
     app.include_router(build_router())
     install_portal(app, settings)  # web portal at / (docs/portal.md)
     from smartmed.jobs.admin import build_admin_router

@@ -160,8 +160,13 @@ class Guard:
             return not role.aggregate_only
         return category == "audit" and bool(role.patients)
 
-    def _patients(self, roles: Iterable[RolePolicy]) -> Select[Any] | None:
-        """Ids of the patients the roles reach, as a subquery (None: nobody)."""
+    def _patients(
+        self, roles: Iterable[RolePolicy], action: str | None = VIEW_RECORDS
+    ) -> Select[Any] | None:
+        """Ids of the patients the roles reach, as a subquery (None: nobody).
+
+        ``action`` is the delegated action a family representative needs (None: a
+        delegation does not reach this at all)."""
         kinds: set[str] = set()
         with_self = False
         for role in roles:
@@ -173,15 +178,16 @@ class Guard:
         parts: list[Select[Any]] = []
         if with_self and self.self_patient:
             parts.append(select(literal(self.self_patient).label("patient_id")))
+        kind_cond: list[ColumnElement[bool]] = []
+        g = access_grant.c
+        now = utcnow()
         if kinds and self.actors:
-            g = access_grant.c
-            now = utcnow()
-            kind_cond = []
-            if "delegation" in kinds:
-                kind_cond.append(and_(g.kind == "delegation", g.actions.like(f"%{VIEW_RECORDS}%")))
+            if "delegation" in kinds and action is not None:
+                kind_cond.append(and_(g.kind == "delegation", g.actions.like(f"%{action}%")))
             others = kinds - {"delegation"}
             if others:
                 kind_cond.append(g.kind.in_(sorted(others)))
+        if kind_cond:
             parts.append(
                 select(g.patient_id).where(
                     g.grantee.in_(sorted(self.actors)),
@@ -404,7 +410,9 @@ class Guard:
             patients = patients | {id_}
         if not patients:
             raise Forbidden(f"a {type_} written by your roles must belong to one of your patients")
-        allowed = await self._reachable(conn, [r for r in roles if self._restricted(r, category)])
+        action = self.control.policy.delegated_writes.get(type_)
+        restricted = [r for r in roles if self._restricted(r, category)]
+        allowed = await self._reachable(conn, restricted, action)
         outside = patients - allowed
         if outside:
             raise Forbidden(
@@ -420,8 +428,10 @@ class Guard:
         if row is not None and not row.deleted:
             await self.check_read(conn, type_, id_)
 
-    async def _reachable(self, conn: AsyncConnection, roles: list[RolePolicy]) -> set[str]:
-        patients = self._patients(roles)
+    async def _reachable(
+        self, conn: AsyncConnection, roles: list[RolePolicy], action: str | None
+    ) -> set[str]:
+        patients = self._patients(roles, action)
         if patients is None:
             return set()
         return set((await conn.execute(patients)).scalars())

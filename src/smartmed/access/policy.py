@@ -77,6 +77,9 @@ class Policy(BaseModel):
     break_glass_hours: float = Field(default=4, gt=0, le=72)
     roles: dict[str, RolePolicy]
     grants: list[GrantRule] = Field(default_factory=list)
+    # What a family representative may write for a member, by resource type: the
+    # delegated action the member's Consent must name (others: only one's own records).
+    delegated_writes: dict[str, str] = Field(default_factory=dict)
 
     def category_of(self, type_: str, clinical_types: frozenset[str]) -> Category:
         for category, types in self.categories.items():
