@@ -213,3 +213,32 @@ async def test_undeliverable_list_is_for_staff(
         "attempts": [],
     }
     assert item["communication"].startswith("Communication/")
+
+
+async def test_portal_session_principal_and_csrf(notify_app: FastAPI, engine: FhirEngine) -> None:
+    from smartmed.identity.principal import Principal, Role, RoleAssignment
+    from smartmed.identity.scopes import ScopeSet
+
+    me = await person(engine, "Patient")
+    nid = await send_inapp(engine, me)
+    principal = Principal(
+        subject="account-1",
+        client_id="portal",
+        scopes=ScopeSet.parse(""),
+        roles=(RoleAssignment(Role.RESIDENT),),
+        fhir_user=me,
+    )
+
+    async def portal_session(scope: Any, receive: Any, send: Any) -> None:
+        # What the portal's session middleware leaves for a signed-in resident.
+        scope.setdefault("state", {})["principal"] = principal
+        await notify_app(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=portal_session)
+    async with httpx.AsyncClient(transport=transport, base_url="https://smartmed.test") as http:
+        r = await http.get("/api/notifications")
+        assert [i["id"] for i in r.json()["items"]] == [nid]
+        r = await http.post(f"/api/notifications/{nid}/read")  # a cookie, but no CSRF token
+        assert r.status_code == 403
+        r = await http.get("/api/notifications")
+        assert r.json()["unread"] == 1

@@ -53,16 +53,25 @@ STAFF_ROLES = frozenset(
 )
 KEEPALIVE_SECONDS = 15.0
 _NO_STORE = {"Cache-Control": "no-store"}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def caller(request: Request) -> Principal:
-    """The authenticated caller: portal session principal or bearer token; else 401."""
-    principal = getattr(request.state, "principal", None)
-    if isinstance(principal, Principal):
-        return principal
+    """The authenticated caller: bearer token, else portal session principal; else 401.
+
+    A portal session rides on a cookie, so its unsafe requests (POST, PUT) must carry
+    the session's CSRF token, exactly as the portal's own forms do.
+    """
     header = request.headers.get("authorization")
     if header is None:
-        raise Unauthorized("sign in to the portal or send a bearer access token", error=None)
+        principal = getattr(request.state, "principal", None)
+        if not isinstance(principal, Principal):
+            raise Unauthorized("sign in to the portal or send a bearer access token", error=None)
+        if request.method not in _SAFE_METHODS:
+            from smartmed.portal import csrf_protect  # the portal owns sessions and CSRF
+
+            await csrf_protect(request)
+        return principal
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized(
