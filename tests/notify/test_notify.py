@@ -43,7 +43,7 @@ BAD: list[tuple[dict[str, Any], type[Invalid], str, str]] = [
         UnknownTemplate,
         "template",
         "unknown notification template 'no-such-template' "
-        "(known: bp-alert, contract-renewal, followup-reminder)",
+        "(known: bp-alert, break-glass, contract-renewal, followup-reminder)",
     ),
     (
         {"channels": ("inapp", "fax")},
