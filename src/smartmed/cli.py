@@ -105,7 +105,10 @@ from smartmed.crypto.cli import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
 
+from smartmed.access.cli import access_app  # noqa: E402
 from smartmed.audit.cli import app as audit_app  # noqa: E402
+
+app.add_typer(access_app, name="access")
 
 app.add_typer(audit_app, name="audit")
 

@@ -82,6 +82,7 @@ def _render(engine: FhirEngine, base: str) -> str:
         "rest": [
             {
                 "mode": "server",
+                "security": _security(base),
                 "resource": resources,
                 "interaction": [
                     {"code": "transaction"},
@@ -100,3 +101,35 @@ def _render(engine: FhirEngine, base: str) -> str:
         ],
     }
     return orjson.dumps(statement).decode()
+
+
+def _security(base: str) -> dict[str, object]:
+    """SMART App Launch: the OAuth endpoints (also at .well-known/smart-configuration)."""
+    root = base.removesuffix("/fhir/R4")
+    return {
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [
+                    {"url": "authorize", "valueUri": f"{root}/oauth/authorize"},
+                    {"url": "token", "valueUri": f"{root}/oauth/token"},
+                    {"url": "revoke", "valueUri": f"{root}/oauth/revoke"},
+                    {"url": "introspect", "valueUri": f"{root}/oauth/introspect"},
+                ],
+            }
+        ],
+        "cors": False,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "OAuth 2.0 / OpenID Connect with SMART App Launch v2 scopes",
+            }
+        ],
+        "description": "Bearer tokens from this server's OAuth 2.0 endpoints; access policies "
+        "by role, care relationship and consent apply inside the engine.",
+    }

@@ -1,0 +1,66 @@
+"""The policy document, grant rebuilding and the advertised security."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import ValidationError
+from sqlalchemy import delete, func, select
+
+from smartmed.access.policy import load_policy
+from smartmed.access.tables import access_grant
+
+def test_shipped_policy_covers_every_role() -> None:
+    from smartmed.identity.principal import Role
+
+    policy = load_policy()
+    assert {str(role) for role in Role} <= set(policy.roles)
+    # Separation of duties: no administrator reads clinical records by virtue of the role.
+    for name in ("system-admin", "security-admin", "audit-admin", "platform-admin"):
+        assert not policy.roles[name].allows("clinical", "r"), name
+    assert policy.roles["health-authority-analyst"].aggregate_only
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"roles": {"resident": {"permissions": {"clinical": "rx"}}}}', "unknown permission"),
+        ('{"roles": {"resident": {"patients": ["neighbours"]}}}', "neighbours"),
+        ('{"roles": {}, "unknown": 1}', "unknown"),
+        ("not json", "json"),
+    ],
+)
+def test_a_bad_policy_file_is_refused_clearly(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises((ValidationError, ValueError)) as caught:
+        load_policy(path)
+    assert needle.lower() in str(caught.value).lower()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_rebuild_derives_the_same_grants(
+    auth_app: FastAPI, county: dict[str, httpx.AsyncClient]
+) -> None:
+    engine = auth_app.state.fhir
+    async with engine.db.read() as conn:
+        before = (await conn.execute(select(func.count()).select_from(access_grant))).scalar()
+    async with engine.db.write() as conn:
+        await conn.execute(delete(access_grant))
+    assert (await county["doc1"].get("/fhir/R4/Observation/o1")).status_code == 403
+    async with engine.db.write() as conn:
+        rebuilt = await engine.access.deriver.rebuild(conn)
+    assert rebuilt == before
+    assert (await county["doc1"].get("/fhir/R4/Observation/o1")).status_code == 200
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_capability_statement_advertises_smart(county: dict[str, httpx.AsyncClient]) -> None:
+    r = await county["doc1"].get("/fhir/R4/metadata")
+    security = r.json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert uris["token"].endswith("/oauth/token") and uris["authorize"].endswith("/oauth/authorize")
