@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import Invalid
+from smartmed.fhir.errors import Forbidden, Invalid
+from smartmed.fhir.hooks import current_access
 from smartmed.fhir.storage.tables import resource
 from smartmed.jobs.tables import job
 from smartmed.notify import (
@@ -251,3 +252,30 @@ async def test_practitioner_role_reaches_the_practitioner(engine: FhirEngine) ->
             select(notify_inbox.c.owner).where(notify_inbox.c.notification_id == nid)
         )
     assert owner == practitioner
+
+
+class DenyEverything:
+    """An access guard under which the caller may read and write nothing."""
+
+    async def check_read(self, conn: Any, type_: str, id_: str) -> None:
+        raise Forbidden(f"no access to {type_}/{id_}")
+
+    async def check_write(self, conn: Any, type_: str, *args: Any, **kwargs: Any) -> None:
+        raise Forbidden(f"may not write {type_}")
+
+
+async def test_notify_acts_as_the_platform_not_as_the_caller(engine: FhirEngine) -> None:
+    recipient = await person(engine, "Practitioner", phone=unique_phone())
+    reset = current_access.set(DenyEverything())  # type: ignore[arg-type]
+    try:
+        async with engine.db.write() as conn:
+            with pytest.raises(Forbidden):  # the guard is really in force for the caller
+                await engine.repository(conn).read(*recipient.split("/"))
+        async with engine.db.write() as conn:
+            nid = await notify(
+                engine, conn, recipient=recipient, template="bp-alert", data=BP, channels=("sms",)
+            )
+        assert isinstance(current_access.get(), DenyEverything)  # restored afterwards
+    finally:
+        current_access.reset(reset)
+    assert (await settle(engine, nid)).status == "delivered"

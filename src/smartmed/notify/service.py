@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Invalid
+from smartmed.fhir.hooks import current_access
 from smartmed.fhir.model import fhir_instant, utcnow
 from smartmed.notify.channels import CHANNELS, Channel, build_channels
 from smartmed.notify.communication import new_communication, not_done
@@ -105,7 +106,37 @@ async def notify(
     """Record and queue a notification in the caller's transaction; its id.
 
     The same ``key`` returns the first notification's id and queues nothing more.
+    The recipient is read and the Communication written as the platform, not under the
+    request caller's access policy: the caller learns only the id, and a resident's SOS
+    must reach a doctor whose record the resident may not read.
     """
+    reset = current_access.set(None)
+    try:
+        return await _notify(
+            engine,
+            conn,
+            recipient=recipient,
+            template=template,
+            data=data,
+            channels=channels,
+            urgency=urgency,
+            key=key,
+        )
+    finally:
+        current_access.reset(reset)
+
+
+async def _notify(
+    engine: FhirEngine,
+    conn: AsyncConnection,
+    *,
+    recipient: str,
+    template: str,
+    data: dict[str, Any],
+    channels: Sequence[str],
+    urgency: str,
+    key: str | None,
+) -> str:
     if urgency not in URGENCIES:
         raise Invalid(f"urgency must be routine or urgent, not {urgency!r}", expression="urgency")
     wanted = check_channels(channels)
