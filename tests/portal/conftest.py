@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html import unescape
+from typing import Any
 
 import httpx
 import pyotp
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 
 from smartmed.app import create_app
 from smartmed.config import Settings
+from smartmed.demo.load import load_demo
 from smartmed.identity.principal import Role, RoleAssignment
 from smartmed.identity.service import get_identity
 from tests.conftest import ROOT, create_pg_database, drop_pg_database, need
@@ -121,3 +123,19 @@ async def login(client: httpx.AsyncClient, user: User, next_path: str = "/") -> 
 
 def csrf_of(html: str) -> str:
     return hidden(html, "csrf")
+
+
+@pytest.fixture(scope="session")
+async def demo_app(portal_app: FastAPI) -> FastAPI:
+    """The portal app with a small demo county loaded once per backend."""
+    settings = portal_app.state.fhir.settings
+    await load_demo(settings, residents=50, seed=11, if_empty=False)
+    return portal_app
+
+
+async def fhir(app: FastAPI, path: str, **params: str) -> dict[str, Any]:
+    async with browser(app) as api:
+        r = await api.get(f"/fhir/R4/{path}", params=params)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body

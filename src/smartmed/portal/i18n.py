@@ -99,8 +99,8 @@ class Formatter:
         return "" if value is None else format_decimal(value, locale=self.locale)
 
     def name(self, names: list[dict[str, Any]] | dict[str, Any] | None) -> str:
-        """A FHIR HumanName as people of the locale write it (Chinese: family name first,
-        no space; English: given names then family name)."""
+        """A FHIR HumanName as it is written: Chinese names family name first with no
+        space (in both locales), others given names first."""
         if isinstance(names, list):
             names = _preferred(names)
         if not names:
@@ -109,7 +109,7 @@ class Formatter:
         given = [str(g) for g in names.get("given") or []]
         if not family and not given:
             return str(names.get("text") or "")
-        if self.locale == "zh_CN" or _is_cjk(family + "".join(given)):
+        if _is_cjk(family + "".join(given)):
             return family + "".join(given)
         return " ".join([*given, family]).strip()
 

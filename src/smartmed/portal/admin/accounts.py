@@ -302,7 +302,7 @@ async def _detail(
 
 def _totp_page(request: Request, username: str, secret: str) -> Response:
     uri = f"otpauth://totp/smartmed:{username}?secret={secret}&issuer=smartmed"
-    qr = segno.make(uri, error="m").svg_inline(scale=4, title="TOTP", nl=False)
+    qr = segno.make(uri, error="m").svg_inline(scale=4, title="TOTP")
     return render(request, "admin/totp.html", username=username, secret=secret, qr=qr)
 
 

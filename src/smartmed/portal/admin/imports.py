@@ -57,6 +57,7 @@ CHINESE = {
     "岗位": "role",
     "专业": "specialty",
 }
+COLUMN_OF = {field: column for column, field in COLUMNS.items()}
 GENDER_WORDS = {"男": "male", "女": "female", "m": "male", "f": "female"}
 TEMPLATE = (
     ",".join(COLUMNS)
@@ -247,6 +248,7 @@ def build_router() -> APIRouter:
             columns=list(COLUMNS),
             codes=codes,
             filename=file.filename,
+            column_of=COLUMN_OF,
         )
 
     @router.post(BASE + "/commit")
@@ -277,6 +279,7 @@ def build_router() -> APIRouter:
                 bad=bad,
                 columns=list(COLUMNS),
                 codes=codes,
+                column_of=COLUMN_OF,
             )
         batch: list[dict[str, Any]] = []
         for item in checked:
