@@ -242,3 +242,43 @@ async def test_portal_session_principal_and_csrf(notify_app: FastAPI, engine: Fh
         assert r.status_code == 403
         r = await http.get("/api/notifications")
         assert r.json()["unread"] == 1
+
+
+async def test_delivery_detail_for_staff(
+    api: httpx.AsyncClient, notify_app: FastAPI, engine: FhirEngine
+) -> None:
+    from tests.notify.conftest import unique_phone
+
+    recipient = await person(engine, "Patient", phone=unique_phone("400"))
+    async with engine.db.write() as conn:
+        nid = await notify(
+            engine,
+            conn,
+            recipient=recipient,
+            template="bp-alert",
+            data=BP,
+            channels=("inapp", "sms", "email"),
+        )
+    await settle(engine, nid)
+    staff = await token(notify_app, "Practitioner/n1", ["nurse"])
+    r = await api.get(f"/api/notifications/{nid}/delivery", headers=staff)
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["status"], body["plan"], body["deliveredBy"]) == ("delivered", ["sms"], ["inapp"])
+    assert body["skipped"] == {"email": f"{recipient} has no email address"}
+    assert [(a["channel"], a["attempt"], a["outcome"]) for a in body["attempts"]] == [
+        ("inapp", 1, "sent"),
+        ("sms", 1, "failed"),
+    ]
+    assert body["attempts"][1]["detail"] == (
+        'SMS provider answered 400: {"error": "invalid number"}'
+    )
+    assert body["reason"] == (
+        'sms failed after 1 attempt(s): SMS provider answered 400: {"error": "invalid number"}; '
+        f"email: {recipient} has no email address"
+    )
+    resident = await token(notify_app, recipient, ["resident"])
+    r = await api.get(f"/api/notifications/{nid}/delivery", headers=resident)
+    assert outcome(r) == (403, "only staff may see a notification's delivery", None)
+    r = await api.get("/api/notifications/no-such-id/delivery", headers=staff)
+    assert outcome(r) == (404, "no notification no-such-id", None)

@@ -10,6 +10,7 @@ POST    /api/notifications/read-all                  mark all my messages read
 GET     /api/notifications/preferences               my channels and quiet hours
 PUT     /api/notifications/preferences               replace them
 GET     /api/notifications/undeliverable             staff: notifications nobody could receive
+GET     /api/notifications/{id}/delivery             staff: one notification's plan and attempts
 ======  ===========================================  ==========================================
 
 The caller is the portal session's principal (``request.state.principal``) or a bearer
@@ -90,6 +91,11 @@ def person(principal: Principal) -> str:
 
 
 Caller = Annotated[Principal, Depends(caller)]
+
+
+def _staff(principal: Principal, what: str) -> None:
+    if not any(r.role in STAFF_ROLES for r in principal.roles):
+        raise Forbidden(f"only staff {what}")
 
 
 def _engine(request: Request) -> FhirEngine:
@@ -188,11 +194,19 @@ def build_notify_router() -> APIRouter:
         principal: Caller,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> JSONResponse:
-        if not any(r.role in STAFF_ROLES for r in principal.roles):
-            raise Forbidden("only staff may list undeliverable notifications")
+        _staff(principal, "may list undeliverable notifications")
         async with _engine(request).db.read() as conn:
             items = await service.list_undeliverable(conn, limit=limit)
         return JSONResponse({"items": items}, headers=_NO_STORE)
+
+    @router.get("/{notification_id}/delivery")
+    async def delivery(request: Request, principal: Caller, notification_id: str) -> JSONResponse:
+        _staff(principal, "may see a notification's delivery")
+        async with _engine(request).db.read() as conn:
+            found = await service.get_notification(conn, notification_id)
+        if found is None:
+            raise NotFound(f"no notification {notification_id}")
+        return JSONResponse(found, headers=_NO_STORE)
 
     @router.post("/{notification_id}/read")
     async def mark_read(request: Request, principal: Caller, notification_id: str) -> Response:
