@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,7 +56,9 @@ class Settings(BaseSettings):
     smtp_tls: bool = Field(default=False, description="Implicit TLS (port 465)")
     smtp_from: str = "smartmed <noreply@localhost>"
     smtp_timeout_seconds: float = Field(default=20.0, gt=0)
-    sms_provider: str = Field(default="file", description="file (development) or http")
+    sms_provider: Literal["file", "http"] = Field(
+        default="file", description="file (development) or http"
+    )
     sms_url: str | None = Field(default=None, description="The HTTP SMS provider's send URL")
     sms_api_key: SecretStr | None = None
     sms_sender: str | None = Field(default=None, description="Sender id or signature")
