@@ -1,0 +1,246 @@
+"""Browser tests: Debian's Chromium driven by Playwright against a live server.
+
+The server runs in a thread (uvicorn) on a free port with a temporary SQLite database
+holding a small demo county. Screenshots of every page visited are kept in
+``test-artifacts/portal/``. Every request a page makes must go to the server itself, and
+the console must stay free of errors (a Content-Security-Policy violation is one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+import uvicorn
+from playwright.sync_api import expect
+from pydantic import SecretStr
+
+from smartmed.app import create_app
+from smartmed.config import Settings
+from smartmed.demo.load import load_demo
+from smartmed.fhir.storage.database import Database
+from smartmed.identity.accounts import Accounts
+from smartmed.identity.crypto import Box
+from smartmed.identity.principal import Role, RoleAssignment
+from tests.conftest import ROOT, need
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts" / "portal"
+PASSWORD = "Browser-Test-2026"
+SECRET = "synthetic-browser-test-secret-0123456789"
+
+
+@dataclass
+class Live:
+    base: str
+    totp: dict[str, str | None] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _prepare(url: str) -> dict[str, str | None]:
+    settings = Settings(database_url=url, secret_key=SecretStr(SECRET))
+    await load_demo(settings, residents=40, seed=5, if_empty=False)
+    db = Database(url)
+    try:
+        accounts = Accounts(db, Box(SECRET.encode()))
+        secrets: dict[str, str | None] = {}
+        for name, role, staff in (
+            ("browser-admin", Role.PLATFORM_ADMIN, True),
+            ("browser-nurse", Role.NURSE, True),
+            ("browser-resident", Role.RESIDENT, False),
+        ):
+            _account, secret = await accounts.create(
+                name, PASSWORD, roles=[RoleAssignment(role, None)], with_totp=staff
+            )
+            secrets[name] = secret
+        return secrets
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    need(CHROMIUM.is_file(), "Debian's chromium is not installed (scripts/setup --dev)")
+    need((ROOT / "node_modules" / "htmx.org").is_dir(), "run `npm ci` first")
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('browser')}/smartmed.db"
+    secrets = asyncio.run(_prepare(url))
+    settings = Settings(database_url=url, secret_key=SecretStr(SECRET), auth_rate_per_minute=6000)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+    # Chromium treats localhost as a secure context: the Secure cookies work over http.
+    yield Live(f"http://localhost:{port}", secrets)
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    need(CHROMIUM.is_file(), "Debian's chromium is not installed (scripts/setup --dev)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser
+        browser.close()
+
+
+class Watch:
+    """Requests to other hosts and console errors of one page."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.base = base
+        self.foreign: list[str] = []
+        self.errors: list[str] = []
+        page.on("request", self._request)
+        page.on("response", self._response)
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def _request(self, request: Any) -> None:
+        if not request.url.startswith(self.base) and not request.url.startswith("data:"):
+            self.foreign.append(request.url)
+
+    def _response(self, response: Any) -> None:
+        # A form answered 422 (validation messages) is expected; a missing file is not.
+        if response.status >= 400 and response.request.resource_type != "document":
+            self.errors.append(f"{response.status} {response.url}")
+
+    def _console(self, message: Any) -> None:
+        # Chromium also logs each non-2xx document as "Failed to load resource": the
+        # response handler above judges those.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
+    def check(self) -> None:
+        assert self.foreign == []
+        assert self.errors == []
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Any, live: Live, username: str) -> None:
+    page.goto(live.base + "/")
+    page.get_by_test_id("login").click()
+    page.get_by_label("Account").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    secret = live.totp.get(username)
+    if secret:
+        page.get_by_label("Code from your authenticator app").fill(pyotp.TOTP(secret).now())
+        page.get_by_role("button", name="Verify").click()
+    page.wait_for_url(live.base + "/")
+
+
+def test_administrator_creates_an_organisation(live: Live, chromium: Any) -> None:
+    context = chromium.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    page.goto(live.base + "/")
+    shot(page, "landing-zh")
+    sign_in(page, live, "browser-admin")
+    page.get_by_test_id("stats").wait_for()
+    page.locator(".chart svg").first.wait_for()  # ECharts drew the chart
+    shot(page, "home-admin-zh")
+    # The language switch changes the page to English.
+    page.get_by_label("语言").select_option("en")
+    page.wait_for_load_state("load")
+    page.get_by_role("heading", name="Hello, browser-admin").wait_for()
+    assert page.locator("html").get_attribute("lang") == "en"
+    shot(page, "home-admin-en")
+    page.get_by_role("navigation", name="Main navigation").get_by_role(
+        "link", name="Organisations"
+    ).click()
+    page.get_by_role("link", name="New organisation").click()
+    page.get_by_role("button", name="Save").click()  # empty: validation messages
+    page.get_by_test_id("form-errors").wait_for()
+    assert page.locator("#e-name").inner_text() == "This field is required."
+    shot(page, "organisation-form-errors")
+    page.get_by_label("Name").fill("Browser Test Health Centre")
+    page.get_by_label("Kind").select_option("township-health-centre")
+    page.get_by_label("Administrative level").select_option("township")
+    page.get_by_label("Institution code").fill("BT-1")
+    page.get_by_label("Address").fill("1 Test Road")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved: Browser Test Health Centre").wait_for()
+    # Live search (htmx) narrows the list to the new organisation.
+    page.get_by_label("Search").fill("Browser Test")
+    # (expect polls from outside the page: the CSP forbids the eval of wait_for_function)
+    expect(page.locator("[data-testid=results] tbody tr")).to_have_count(1)
+    row = page.locator("[data-testid=results] tbody tr").first
+    assert "Browser Test Health Centre" in row.inner_text()
+    assert "Township health centre" in row.inner_text()
+    shot(page, "organisations-search")
+    watch.check()
+    context.close()
+    found = httpx.get(
+        f"{live.base}/fhir/R4/Organization", params={"identifier": "urn:smartmed:org|BT-1"}
+    )
+    assert found.json()["total"] == 1
+
+
+def test_resident_sees_a_phone_layout(live: Live, chromium: Any) -> None:
+    context = chromium.new_context(
+        locale="zh-CN", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    sign_in(page, live, "browser-resident")
+    tabbar = page.locator("nav.tabbar")
+    assert tabbar.is_visible()
+    box = tabbar.bounding_box()
+    assert box is not None and box["y"] + box["height"] == pytest.approx(844, abs=1)
+    assert page.locator("#sidebar").count() == 0
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    shot(page, "home-resident-phone")
+    tabbar.get_by_role("link", name="我的信息").click()
+    page.get_by_role("heading", name="我的信息").wait_for()
+    shot(page, "me-resident-phone")
+    watch.check()
+    context.close()
+
+
+def test_staff_menu_opens_from_the_keyboard_on_a_small_screen(live: Live, chromium: Any) -> None:
+    context = chromium.new_context(locale="en", viewport={"width": 600, "height": 900})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    sign_in(page, live, "browser-nurse")
+    sidebar = page.locator("#sidebar")
+    assert "show" not in (sidebar.get_attribute("class") or "")
+    menu = page.get_by_role("button", name="Menu")
+    menu.focus()
+    page.keyboard.press("Enter")
+    expect(sidebar).to_have_class(re.compile(r"\bshow\b"))
+    assert menu.get_attribute("aria-expanded") == "true"
+    shot(page, "staff-menu-open")
+    sidebar.get_by_role("link", name="Directory").click()
+    page.get_by_test_id("results").wait_for()
+    assert page.locator("[data-testid=results] tbody tr").count() > 1
+    shot(page, "directory")
+    watch.check()
+    context.close()
