@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.model import utcnow
 from smartmed.notify import notify
 from smartmed.notify.broker import broker
+from smartmed.notify.router import _events
 from smartmed.notify.tables import notify_inbox
 from tests.notify.conftest import free_port, person, token
 
@@ -151,3 +154,39 @@ async def test_stream_needs_a_person(server: str, notify_app: FastAPI) -> None:
         assert r.status_code == 401
         r = await http.get("/api/notifications/stream", headers=await token(notify_app, None))
         assert r.status_code == 403
+
+
+async def test_postgres_wakes_streams_of_other_processes(engine: FhirEngine) -> None:
+    """A message committed elsewhere (NOTIFY, no in-process wake-up) arrives at once."""
+    if not engine.db.is_postgres:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite streams poll")
+    # A poll period far longer than the wait below: only the NOTIFY can deliver in time.
+    slow = dataclasses.replace(
+        engine, settings=engine.settings.model_copy(update={"notify_stream_poll_seconds": 60.0})
+    )
+    me = await person(engine, "Patient")
+    elsewhere = str(uuid.uuid4())
+    stream = _events(slow, me, 0)
+    try:
+        assert await anext(stream) == b"retry: 3000\n: connected\n\n"
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.3)  # the stream now waits for a wake-up
+        assert not pending.done()
+        async with engine.db.write() as conn:  # what another process's job does
+            await conn.execute(
+                notify_inbox.insert().values(
+                    notification_id=elsewhere,
+                    owner=me,
+                    recipient=me,
+                    template="bp-alert",
+                    urgency="urgent",
+                    subject="s",
+                    body="b",
+                    created_at=utcnow(),
+                )
+            )
+            await broker.announce(conn, me)
+        chunk = await asyncio.wait_for(pending, 5)
+        assert orjson.loads(chunk.split(b"data: ", 1)[1])["id"] == elsewhere
+    finally:
+        await stream.aclose()

@@ -228,23 +228,27 @@ def _event(row: Any) -> bytes:
 async def _events(engine: FhirEngine, owner: str, after: int) -> AsyncIterator[bytes]:
     """The SSE body: messages after ``after`` as they arrive, keep-alives in between."""
     poll = engine.settings.notify_stream_poll_seconds
-    with broker.subscribe(owner) as wake:
-        yield b"retry: 3000\n: connected\n\n"
-        quiet = 0.0
-        while True:
-            wake.clear()  # before reading: a wake-up during the read is not lost
-            async with engine.db.read() as conn:
-                rows = await service.inbox_after(conn, owner, after)
-            for row in rows:
-                yield _event(row)
-                after = row.pk
-            if rows:
-                quiet = 0.0
-                continue
-            try:
-                await asyncio.wait_for(wake.wait(), poll)
-            except TimeoutError:
-                quiet += poll
-            if quiet >= KEEPALIVE_SECONDS:
-                quiet = 0.0
-                yield b": keepalive\n\n"
+    await broker.listen(engine.db)
+    try:
+        with broker.subscribe(owner) as wake:
+            yield b"retry: 3000\n: connected\n\n"
+            quiet = 0.0
+            while True:
+                wake.clear()  # before reading: a wake-up during the read is not lost
+                async with engine.db.read() as conn:
+                    rows = await service.inbox_after(conn, owner, after)
+                for row in rows:
+                    yield _event(row)
+                    after = row.pk
+                if rows:
+                    quiet = 0.0
+                    continue
+                try:
+                    await asyncio.wait_for(wake.wait(), poll)
+                except TimeoutError:
+                    quiet += poll
+                if quiet >= KEEPALIVE_SECONDS:
+                    quiet = 0.0
+                    yield b": keepalive\n\n"
+    finally:
+        await broker.unlisten(engine.db)

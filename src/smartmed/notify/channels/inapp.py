@@ -46,5 +46,6 @@ class InApp:
                     .returning(notify_inbox.c.pk)
                 )
                 pk = result.scalar_one()
+                await broker.announce(conn, message.owner)  # other processes' streams
         broker.publish(message.owner)  # after commit: the stream reads what we wrote
         return str(pk)
