@@ -293,3 +293,15 @@ async def test_accounts_created_with_roles_and_totp(
         finally:
             conftest.PASSWORD = original
         assert 'data-nav="directory"' in home.text and 'name="role"' in home.text
+
+
+async def test_staff_directory_is_read_only(demo_app: FastAPI) -> None:
+    nurse = await make_user(demo_app, (Role.NURSE, None))
+    async with browser(demo_app, **EN) as c:
+        await login(c, nurse)
+        for path in ("/directory/organizations", "/directory/practitioners", "/directory/teams"):
+            r = await c.get(path)
+            assert r.status_code == 200
+            assert f'href="{path}" aria-current="page"' in r.text  # the directory's tabs
+            assert "/new" not in r.text and "/admin/" not in r.text
+            assert len(rows(r.text)) > 1
