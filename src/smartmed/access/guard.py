@@ -20,15 +20,18 @@ or an ended contract stops access at once, in every process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Select,
     and_,
+    bindparam,
     exists,
     false,
     literal,
@@ -47,6 +50,10 @@ from smartmed.fhir.search.compartment import OWN, compartments
 from smartmed.fhir.storage.tables import idx_reference, resource
 from smartmed.identity.principal import Principal
 
+# "Now" for grant validity, bound when a statement runs (so conditions can be cached).
+_NOW = bindparam("access_now", callable_=utcnow, type_=DateTime())
+# Seconds a person's resolved teams and roles are reused (docs/access.md).
+ACTORS_TTL = 30.0
 # The delegated action that lets a family representative see a member's records.
 VIEW_RECORDS = "view-records"
 _LETTER = {"read": "r", "search": "s", "create": "c", "update": "u", "delete": "d"}
@@ -66,6 +73,12 @@ class AccessControl:
         self.clinical_types = (frozenset(patient) | {"Patient"}) - self.categorized
         self.pairs = [(t, p) for t, params in self.patient_params.items() for p in params]
         self.deriver = GrantDeriver(policy)
+        # Who a person acts as (their PractitionerRoles and CareTeams), per person, for
+        # ACTORS_TTL seconds: team membership changes rarely; grants are always live.
+        self.actors_cache: dict[tuple[str, ...], tuple[float, frozenset[str]]] = {}
+        # Conditions per (person and who they act as, type, letter): SQL expressions are
+        # immutable, and building them costs more than running them.
+        self.conditions: dict[tuple[Any, ...], ColumnElement[bool] | Forbidden | None] = {}
 
     def category(self, type_: str) -> Category:
         return self.policy.category_of(type_, self.clinical_types)
@@ -95,18 +108,37 @@ class Guard:
     actors: frozenset[str] = frozenset()
     organizations: frozenset[str] = frozenset()
     resolved: bool = False
-    touched_patients: set[str] = field(default_factory=set)
+    key: tuple[Any, ...] = ()
 
     # -- who the caller is ------------------------------------------------------------
 
     async def ready(self, conn: AsyncConnection) -> None:
         if self.resolved:
             return
+        self.organizations = frozenset(self.principal.organizations())
+        key = (
+            self.principal.subject,
+            self.principal.fhir_user or "",
+            *sorted(f"{r.role}@{r.organization}" for r in self.principal.roles),
+        )
+        cache = self.control.actors_cache
+        hit = cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < ACTORS_TTL:
+            self.actors = hit[1]
+        else:
+            await self._resolve(conn)
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[key] = (now, self.actors)
+        self.key = (key, self.actors, self._launch_patient())
+        self.resolved = True
+
+    async def _resolve(self, conn: AsyncConnection) -> None:
         actors: set[str] = set()
         user = self.principal.fhir_user
         if user:
             actors.add(user)
-        self.organizations = frozenset(self.principal.organizations())
         actors |= self.organizations
         ref = idx_reference.c
         if user and user.startswith("Practitioner/"):
@@ -139,7 +171,6 @@ class Guard:
             )
             actors |= {f"CareTeam/{tid}" for tid in teams.scalars()}
         self.actors = frozenset(actors)
-        self.resolved = True
 
     @property
     def self_patient(self) -> str | None:
@@ -180,7 +211,7 @@ class Guard:
             parts.append(select(literal(self.self_patient).label("patient_id")))
         kind_cond: list[ColumnElement[bool]] = []
         g = access_grant.c
-        now = utcnow()
+        now = _NOW
         if kinds and self.actors:
             if "delegation" in kinds and action is not None:
                 kind_cond.append(and_(g.kind == "delegation", g.actions.like(f"%{action}%")))
@@ -220,7 +251,7 @@ class Guard:
         if not kinds or not self.actors:
             return None
         g = access_grant.c
-        now = utcnow()
+        now = _NOW
         return select(g.resource_type, g.resource_id, g.patient_id).where(
             g.kind.in_(kinds),
             g.grantee.in_(sorted(self.actors)),
@@ -229,7 +260,29 @@ class Guard:
         )
 
     def _type_condition(self, res: Any, type_: str, letter: str) -> ColumnElement[bool] | None:
-        """Restriction on resources of ``type_`` for ``letter``; raises if no role allows it."""
+        """Restriction on resources of ``type_`` for ``letter``; raises if no role allows it.
+
+        Built once per person, type and letter (the time is bound at execution)."""
+        if res is not resource:
+            return self._build_condition(res, type_, letter)
+        key = (self.key, type_, letter)
+        cache = self.control.conditions
+        if key in cache:
+            found = cache[key]
+            if isinstance(found, Forbidden):
+                raise Forbidden(found.issues[0].diagnostics)
+            return found
+        if len(cache) > 50_000:
+            cache.clear()
+        try:
+            built = self._build_condition(res, type_, letter)
+        except Forbidden as exc:
+            cache[key] = exc
+            raise
+        cache[key] = built
+        return built
+
+    def _build_condition(self, res: Any, type_: str, letter: str) -> ColumnElement[bool] | None:
         category = self.control.category(type_)
         roles = self._granting(category, letter)
         if not roles:
@@ -274,6 +327,12 @@ class Guard:
 
     def search_condition(self, res: Any, type_: str) -> ColumnElement[bool] | None:
         return self._type_condition(res, type_, "s")
+
+    def read_condition(self, res: Any, type_: str) -> ColumnElement[bool] | None:
+        return self._type_condition(res, type_, "r")
+
+    def denied_read(self, type_: str, id_: str) -> Forbidden:
+        return Forbidden(f"you may not read {type_}/{id_}: it is not among your patients' records")
 
     def any_condition(self, res: Any) -> ColumnElement[bool] | None:
         """Resources of any type the caller may read (includes, history, $everything)."""

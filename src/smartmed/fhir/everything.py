@@ -114,7 +114,7 @@ async def _everything(call: OperationCall) -> OperationResult:
         )
         rows = list((await conn.execute(stmt)).all()) if count > 0 else []
         for row in rows[:count]:
-            note_touched(row.type, row.id)
+            note_touched(row.type, row.id, row.content)
         total = (
             await conn.execute(select(func.count()).select_from(resource).where(*conds))
         ).scalar_one()

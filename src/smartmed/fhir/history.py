@@ -96,5 +96,5 @@ async def history(
         for r in rows
     ]
     for r in rows:
-        note_touched(r.type, r.id)
+        note_touched(r.type, r.id, r.content)
     return HistoryPage(entries, total, snapshot)

@@ -94,6 +94,12 @@ class AccessGuard(Protocol):
     def search_condition(self, res: Any, type_: str) -> Any:
         """Restriction for a search of ``type_`` (raise Forbidden if it may not search it)."""
 
+    def read_condition(self, res: Any, type_: str) -> Any:
+        """Restriction for reading ``type_`` (raise Forbidden if it may not read it)."""
+
+    def denied_read(self, type_: str, id_: str) -> Exception:
+        """The error for a read the restriction refused."""
+
     def any_condition(self, res: Any) -> Any:
         """Restriction for resources of any type (includes, history, $everything)."""
 
@@ -126,12 +132,15 @@ class AccessGuard(Protocol):
 current_access: ContextVar[AccessGuard | None] = ContextVar("smartmed_access", default=None)
 
 
-# The resources ("Type/id") a FHIR request has read or written, for its audit record.
-touched: ContextVar[list[str] | None] = ContextVar("smartmed_touched", default=None)
+# The resources ("Type/id", JSON or None) a FHIR request has read or written, for its
+# audit record.
+touched: ContextVar[list[tuple[str, str | None]] | None] = ContextVar(
+    "smartmed_touched", default=None
+)
 
 
-def note_touched(type_: str, id_: str) -> None:
+def note_touched(type_: str, id_: str, content: str | None = None) -> None:
     """Record that the current request disclosed or changed ``type_/id_``."""
     found = touched.get()
     if found is not None:
-        found.append(f"{type_}/{id_}")
+        found.append((f"{type_}/{id_}", content))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import case, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -91,18 +91,25 @@ class Repository:
     # -- reads -------------------------------------------------------------------------
 
     async def read(self, type_: str, id_: str) -> StoredResource:
-        """The current version; NotFound if it never existed, Gone if deleted."""
-        row = (
-            await self.conn.execute(_CURRENT.where(resource.c.type == type_, resource.c.id == id_))
-        ).first()
+        """The current version; NotFound if it never existed, Gone if deleted.
+
+        Under an access policy the check is part of the same query (``allowed``)."""
+        stmt = _CURRENT.where(resource.c.type == type_, resource.c.id == id_)
+        guard = current_access.get()
+        allowed: Any = None
+        if guard is not None:
+            await guard.ready(self.conn)
+            allowed = guard.read_condition(resource, type_)
+            if allowed is not None:
+                stmt = stmt.add_columns(case((allowed, True), else_=False).label("allowed"))
+        row = (await self.conn.execute(stmt)).first()
         if row is None:
             raise NotFound(f"{type_}/{id_} is not known", expression=type_)
         if row.deleted:
             raise Gone(f"{type_}/{id_} was deleted (version {row.version_id})", expression=type_)
-        guard = current_access.get()
-        if guard is not None:
-            await guard.check_read(self.conn, type_, id_)
-        note_touched(type_, id_)
+        if guard is not None and allowed is not None and not row.allowed:
+            raise guard.denied_read(type_, id_)
+        note_touched(type_, id_, row.content)
         return StoredResource(type_, id_, row.version_id, row.last_updated, False, row.content)
 
     async def vread(self, type_: str, id_: str, version_id: int) -> StoredResource:
@@ -122,7 +129,7 @@ class Repository:
         guard = current_access.get()
         if guard is not None:
             await guard.check_read(self.conn, type_, id_)
-        note_touched(type_, id_)
+        note_touched(type_, id_, row.content)
         return StoredResource(type_, id_, version_id, row.last_updated, False, row.content)
 
     async def exists(self, type_: str, id_: str) -> bool:
@@ -389,7 +396,7 @@ class Repository:
             ],
         )
         for w in writes:
-            note_touched(w.type_, w.id_)
+            note_touched(w.type_, w.id_, w.content)
         after = self.services.hooks.after
         if after:
             for w in writes:

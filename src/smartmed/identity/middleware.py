@@ -9,11 +9,11 @@ request passes only while ``SMARTMED_AUTH_REQUIRED`` is false; ``metadata`` and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import select, tuple_
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,7 +21,6 @@ from smartmed.fhir.errors import FhirError, Unauthorized, operation_outcome
 from smartmed.fhir.hooks import AuditRecord, current_access, current_principal, touched
 from smartmed.fhir.model import utcnow
 from smartmed.fhir.request import FHIR_JSON
-from smartmed.fhir.storage.tables import idx_reference, resource
 from smartmed.identity.principal import Principal, check_scope
 from smartmed.identity.service import get_identity
 
@@ -187,7 +186,7 @@ class _Call:
         self.status = 0
         self.principal: Principal | None = None
         self.detail: str | None = None
-        self.touched: list[str] = []
+        self.touched: list[tuple[str, str | None]] = []
 
 
 _ACTIONS = {
@@ -226,8 +225,8 @@ async def _audit(engine: Any, call: _Call) -> None:
         outcome = "4"
     else:
         outcome = "8"
-    entities = tuple(dict.fromkeys(call.touched))[:_MAX_ENTITIES]
-    patients = await _patients(engine, entities)
+    entities = tuple(dict.fromkeys(ref for ref, _ in call.touched))[:_MAX_ENTITIES]
+    patients = _patients(call.touched)
     principal = call.principal
     record = AuditRecord(
         action=action,
@@ -249,25 +248,18 @@ async def _audit(engine: Any, call: _Call) -> None:
 
 
 _MAX_ENTITIES = 200
+_PATIENT_REF = re.compile(r'"reference":\s*"(Patient/[A-Za-z0-9\-.]{1,64})"')
 
 
-async def _patients(engine: Any, entities: tuple[str, ...]) -> tuple[str, ...]:
-    """The patients whose records the touched resources are (by their Patient references)."""
-    found = {e for e in entities if e.startswith("Patient/")}
-    others = [tuple(e.split("/", 1)) for e in entities if not e.startswith("Patient/")]
-    if others:
-        ref = idx_reference.c
-        stmt = (
-            select(ref.target_id)
-            .join(resource, resource.c.pk == ref.res_pk)
-            .where(
-                tuple_(resource.c.type, resource.c.id).in_(others),
-                ref.target_type == "Patient",
-            )
-            .distinct()
-        )
-        async with engine.db.read() as conn:
-            found |= {f"Patient/{pid}" for pid in (await conn.execute(stmt)).scalars()}
+def _patients(touched: list[tuple[str, str | None]]) -> tuple[str, ...]:
+    """The patients whose records the touched resources are: the Patients themselves and
+    every Patient a touched resource references (read from its JSON; no query)."""
+    found: set[str] = set()
+    for ref, content in touched[:_MAX_ENTITIES]:
+        if ref.startswith("Patient/"):
+            found.add(ref)
+        if content is not None and "Patient/" in content:
+            found.update(_PATIENT_REF.findall(content))
     return tuple(sorted(found))
 
 

@@ -121,6 +121,10 @@ class KeyStore:
         return self._public
 
 
+# How stale another process's view of the revocation denylist may be (seconds).
+REVOCATION_REFRESH_SECONDS = 1.0
+
+
 class TokenService:
     """Issues and validates the provider's JWTs."""
 
@@ -128,6 +132,8 @@ class TokenService:
         self.db = db
         self.settings = settings
         self.keys = keys
+        self._revoked: set[str] = set()
+        self._revoked_at = float("-inf")
 
     async def sign(self, claims: dict[str, Any]) -> str:
         key = await self.keys.signing()
@@ -235,14 +241,23 @@ class TokenService:
                 await conn.execute(
                     revoked_token.insert().values(jti=claims["jti"], expires_at=expires)
                 )
+            self._revoked.add(str(claims["jti"]))
             await conn.execute(revoked_token.delete().where(revoked_token.c.expires_at < utcnow()))
 
     async def is_revoked(self, jti: str) -> bool:
-        async with self.db.read() as conn:
-            found = await conn.scalar(
-                sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
-            )
-        return found is not None
+        """Whether ``jti`` is on the denylist.
+
+        The denylist (only unexpired revoked tokens) is read whole at most once per
+        ``REVOCATION_REFRESH_SECONDS``; a revocation in this process counts at once, one
+        in another process within that time. Saves a query on every API request.
+        """
+        now = time.monotonic()
+        if now - self._revoked_at >= REVOCATION_REFRESH_SECONDS:
+            async with self.db.read() as conn:
+                rows = await conn.execute(sa.select(revoked_token.c.jti))
+                self._revoked = {str(r) for r in rows.scalars()}
+            self._revoked_at = now
+        return jti in self._revoked
 
 
 def _b64(part: str) -> bytes:

@@ -223,7 +223,7 @@ async def search_bundle(
             content = summarize(content, summary)
         elif elements and mode == "match":
             content = only_elements(content, elements)
-        note_touched(found.type, found.id)
+        note_touched(found.type, found.id, found.content)
         full_url = orjson.dumps(f"{base_url}/{found.type}/{found.id}").decode()
         parts.append(f'{{"fullUrl":{full_url},"resource":{content},"search":{{"mode":"{mode}"}}}}')
     issues = []
