@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Forbidden, Invalid
@@ -255,10 +255,24 @@ async def test_practitioner_role_reaches_the_practitioner(engine: FhirEngine) ->
 
 
 class DenyEverything:
-    """An access guard under which the caller may read and write nothing."""
+    """An access guard (fhir.hooks.AccessGuard) under which the caller may do nothing."""
+
+    async def ready(self, conn: Any) -> None:
+        return None
+
+    def read_condition(self, res: Any, type_: str) -> Any:
+        return false()
+
+    search_condition = read_condition
+
+    def any_condition(self, res: Any) -> Any:
+        return false()
+
+    def denied_read(self, type_: str, id_: str) -> Exception:
+        return Forbidden(f"no access to {type_}/{id_}")
 
     async def check_read(self, conn: Any, type_: str, id_: str) -> None:
-        raise Forbidden(f"no access to {type_}/{id_}")
+        raise self.denied_read(type_, id_)
 
     async def check_write(self, conn: Any, type_: str, *args: Any, **kwargs: Any) -> None:
         raise Forbidden(f"may not write {type_}")
