@@ -244,3 +244,119 @@ def test_staff_menu_opens_from_the_keyboard_on_a_small_screen(live: Live, chromi
     shot(page, "directory")
     watch.check()
     context.close()
+
+
+def test_language_switch_changes_every_visible_string(live: Live, chromium: Any) -> None:
+    context = chromium.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    page.goto(live.base + "/")
+    assert "登录" in page.locator("body").inner_text()
+    page.get_by_label("语言").select_option("en")
+    page.get_by_role("heading", name="One portal for residents").wait_for()
+    text = page.locator("body").inner_text()
+    # Only the language selector's own "中文" option stays in Chinese.
+    assert re.findall(r"[\u4e00-\u9fff]+", text) == ["中文"]
+    assert page.title() == "Welcome · Health service portal"
+    shot(page, "landing-en")
+    watch.check()
+    context.close()
+
+
+def test_administrator_creates_a_team_an_account_and_imports_staff(
+    live: Live, chromium: Any, tmp_path: Path
+) -> None:
+    context = chromium.new_context(locale="en", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    sign_in(page, live, "browser-admin")
+    # A team with members.
+    page.goto(live.base + "/admin/teams/new")
+    page.get_by_label("Team name").fill("Browser Test Team")
+    page.get_by_label("Managing institution").select_option(index=1)
+    options = page.locator("#f-leader option")
+    leader = options.nth(1).get_attribute("value")
+    nurse = options.nth(2).get_attribute("value")
+    page.get_by_label("Team leader").select_option(leader)
+    page.get_by_label("General practitioners").select_option([leader])
+    page.get_by_label("Nurses").select_option([nurse])
+    shot(page, "team-form")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved: Browser Test Team").wait_for()
+    shot(page, "teams")
+    teams = httpx.get(
+        f"{live.base}/fhir/R4/CareTeam", params={"participant": f"PractitionerRole/{nurse}"}
+    ).json()
+    team = next(
+        e["resource"] for e in teams["entry"] if e["resource"]["name"] == "Browser Test Team"
+    )
+    assert len(team["participant"]) == 3
+    # An account for a nurse: its TOTP secret is shown once.
+    page.goto(live.base + "/admin/accounts/new")
+    page.get_by_label("Account name").fill("browser-new-nurse")
+    page.get_by_label("Initial password").fill("Nurse-Browser-88")
+    page.get_by_label("Role").select_option("nurse")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_test_id("totp-secret").wait_for()
+    shot(page, "account-totp")
+    page.get_by_role("link", name="Done").click()
+    row = page.locator("[data-testid=results] tbody tr", has_text="browser-new-nurse")
+    expect(row).to_contain_text("Nurse")
+    # A CSV with errors: shown per row, nothing imported; the corrected file imports.
+    bad = tmp_path / "staff.csv"
+    header = "family_name,given_name,gender,staff_number,qualification,organization,role\n"
+    org = httpx.get(
+        f"{live.base}/fhir/R4/Organization",
+        params={"type": "urn:smartmed:org-type|county-hospital"},
+    ).json()["entry"][0]["resource"]["id"]
+    bad.write_text(
+        header + f"孙,悦,female,BR-1,nurse,{org},nurse\n" + "周,,male,BR-2,wizard,nowhere,doctor\n",
+        encoding="utf-8",
+    )
+    page.goto(live.base + "/admin/import")
+    page.get_by_label("File").set_input_files(str(bad))
+    page.get_by_role("button", name="Preview").click()
+    page.get_by_test_id("import-errors").wait_for()
+    expect(page.locator("tr.row-error")).to_have_count(1)
+    expect(page.locator("tr.row-error")).to_contain_text("given_name: This field is required.")
+    assert page.get_by_role("button", name=re.compile("^Import")).count() == 0
+    shot(page, "import-errors")
+    search = {"identifier": "urn:smartmed:practitioner|BR-1", "_summary": "count"}
+    assert httpx.get(f"{live.base}/fhir/R4/Practitioner", params=search).json()["total"] == 0
+    good = tmp_path / "fixed.csv"
+    good.write_text(
+        header + f"孙,悦,female,BR-1,nurse,{org},nurse\n周,强,male,BR-2,physician,{org},doctor\n",
+        encoding="utf-8",
+    )
+    page.get_by_label("File").set_input_files(str(good))
+    page.get_by_role("button", name="Preview").click()
+    page.get_by_test_id("import-ok").wait_for()
+    shot(page, "import-preview")
+    page.get_by_role("button", name="Import 2 staff members").click()
+    page.get_by_text("Imported 2 staff members.").wait_for()
+    assert httpx.get(f"{live.base}/fhir/R4/Practitioner", params=search).json()["total"] == 1
+    watch.check()
+    context.close()
+
+
+@pytest.mark.parametrize(
+    ("username", "heading", "nav"),
+    [
+        ("browser-resident", "您好，browser-resident", ["我的信息"]),
+        ("browser-nurse", "您好，browser-nurse", ["通讯录"]),
+        ("browser-admin", "您好，browser-admin", ["通讯录", "机构", "科室", "人员"]),
+    ],
+)
+def test_each_role_sees_its_home(
+    live: Live, chromium: Any, username: str, heading: str, nav: list[str]
+) -> None:
+    context = chromium.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    sign_in(page, live, username)
+    page.get_by_role("heading", name=heading).wait_for()
+    tiles = page.get_by_test_id("tiles").locator("h2").all_inner_texts()
+    assert tiles[: len(nav)] == nav
+    shot(page, f"home-{username}")
+    watch.check()
+    context.close()
