@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -41,7 +41,7 @@ class Suite:
         """nonce || ciphertext || tag."""
         nonce = os.urandom(NONCE)
         if self.name == AES:
-            return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+            return nonce + _aesgcm(key).encrypt(nonce, plaintext, aad)
         encryptor = Cipher(algorithms.SM4(key), modes.GCM(nonce)).encryptor()
         encryptor.authenticate_additional_data(aad)
         body = encryptor.update(plaintext) + encryptor.finalize()
@@ -54,7 +54,7 @@ class Suite:
         nonce, body = sealed[:NONCE], sealed[NONCE:]
         try:
             if self.name == AES:
-                return AESGCM(key).decrypt(nonce, body, aad)
+                return _aesgcm(key).decrypt(nonce, body, aad)
             decryptor = Cipher(
                 algorithms.SM4(key), modes.GCM(nonce, body[-TAG:], min_tag_length=TAG)
             ).decryptor()
@@ -70,6 +70,12 @@ class Suite:
         h = chmac.HMAC(key, hashes.SM3())
         h.update(data)
         return h.finalize()
+
+
+@lru_cache(maxsize=32)
+def _aesgcm(key: bytes) -> AESGCM:
+    """One cipher object per key (its construction costs as much as sealing a value)."""
+    return AESGCM(key)
 
 
 _SUITES = {
