@@ -89,7 +89,7 @@ def test_resolved_households_carry_no_conditional_reference() -> None:
     assert len(after) == len(before)
 
 
-async def _load_and_check(settings: Settings, *, concurrency: int) -> None:
+async def _load_and_check(settings: Settings, *, concurrency: int, processes: int = 1) -> None:
     engine = FhirEngine.build(settings)
     try:
         await migrate(engine.db)
@@ -99,6 +99,7 @@ async def _load_and_check(settings: Settings, *, concurrency: int) -> None:
             seed=8,
             households_per_transaction=6,
             concurrency=concurrency,
+            processes=processes,
             show_progress=False,
         )
         expected = _generated(90, 8)
@@ -125,6 +126,28 @@ async def test_load_on_postgres_with_concurrent_transactions(tmp_path: Path) -> 
         await _load_and_check(_settings(url, tmp_path), concurrency=3)
     finally:
         await drop_pg_database(url)
+
+
+@pytest.mark.postgres
+async def test_load_on_postgres_with_two_loader_processes(tmp_path: Path) -> None:
+    need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
+    url = await create_pg_database()
+    try:
+        await _load_and_check(_settings(url, tmp_path), concurrency=2, processes=2)
+    finally:
+        await drop_pg_database(url)
+
+
+async def test_several_processes_need_postgres(tmp_path: Path) -> None:
+    need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
+    engine = FhirEngine.build(_settings(f"sqlite+aiosqlite:///{tmp_path}/x.db", tmp_path))
+    try:
+        await migrate(engine.db)
+        with pytest.raises(ValueError, match="PostgreSQL"):
+            await load_county(engine, residents=5, seed=1, processes=2, show_progress=False)
+        assert await _stored(engine) == (Counter(), 0)  # nothing written
+    finally:
+        await engine.db.dispose()
 
 
 async def test_demo_accounts_log_in_and_load_is_idempotent(tmp_path: Path) -> None:

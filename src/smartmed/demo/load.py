@@ -16,9 +16,11 @@ its outbox event. What this module chooses is how the work is cut (measured with
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,7 @@ class LoadReport:
     created: Counter[str] = field(default_factory=Counter)
     reused: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of this process (the engine's Python work), not the database's
     references: dict[str, str] = field(default_factory=dict)  # conditional → literal
     # The first households' entries with their stored references (demo account sample).
     sample: list[tuple[Bundle, str]] = field(default_factory=list)
@@ -129,6 +132,49 @@ async def _transaction(engine: FhirEngine, bundle: Bundle) -> str:
         )
 
 
+async def _send(
+    engine: FhirEngine,
+    chunks: Iterable[tuple[Bundle, int]],
+    report: LoadReport,
+    concurrency: int,
+    advance: Callable[[int], None],
+) -> None:
+    """Load the transaction Bundles with up to ``concurrency`` of them in flight."""
+
+    async def send(bundle: Bundle, people: int) -> None:
+        stored = _tally(bundle, await _transaction(engine, bundle), report)
+        if not report.sample:
+            report.sample = list(zip(bundle["entry"], stored, strict=True))
+        advance(people)
+
+    pending: set[asyncio.Task[None]] = set()
+    try:
+        for bundle, people in chunks:
+            if len(pending) >= concurrency:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a failed transaction stops the load
+            pending.add(asyncio.create_task(send(bundle, people)))
+        if pending:
+            for outcome in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            pending = set()
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+def _households(
+    county: Iterator[Bundle], report: LoadReport, targets: dict[str, str]
+) -> Iterator[Bundle]:
+    for bundle in county:
+        report.households += 1
+        if targets:
+            resolve_references(bundle, targets)
+        yield bundle
+
+
 async def load_county(
     engine: FhirEngine,
     *,
@@ -136,58 +182,142 @@ async def load_county(
     seed: int,
     households_per_transaction: int = HOUSEHOLDS_PER_TRANSACTION,
     concurrency: int | None = None,
+    processes: int = 1,
     resolve: bool = True,
     show_progress: bool = True,
 ) -> LoadReport:
     """Generate the county for ``seed`` and load it; what was created and how fast.
 
-    ``concurrency`` transactions are in flight at once (default: ``POSTGRES_CONCURRENCY``
-    on PostgreSQL, 1 on SQLite); ``resolve`` rewrites conditional references to the
-    organisations and staff into literal ones before sending the households.
+    ``concurrency`` transactions are in flight at once in each loader process (default:
+    ``POSTGRES_CONCURRENCY`` on PostgreSQL, 1 on SQLite); ``processes`` > 1 (PostgreSQL
+    only) spreads the households' transactions over that many loader processes, each
+    with its own engine, so that validation and indexing use several cores; ``resolve``
+    rewrites conditional references to the organisations and staff into literal ones.
     """
     if concurrency is None:
         concurrency = POSTGRES_CONCURRENCY if engine.db.is_postgres else 1
+    if processes > 1 and not engine.db.is_postgres:
+        raise ValueError("several loader processes need PostgreSQL (SQLite has one writer)")
     report = LoadReport(residents=residents)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     county = generate_county(residents=residents, seed=seed)
     organisations = next(county)
     response = await _transaction(engine, organisations)
     report.references = conditional_targets(organisations, _tally(organisations, response, report))
     targets = report.references if resolve else {}
-
-    def households() -> Iterator[Bundle]:
-        for bundle in county:
-            report.households += 1
-            if targets:
-                resolve_references(bundle, targets)
-            yield bundle
-
-    pending: set[asyncio.Task[None]] = set()
     with progress(residents, "residents") if show_progress else _silent() as advance:
-
-        async def send(bundle: Bundle, people: int) -> None:
-            stored = _tally(bundle, await _transaction(engine, bundle), report)
-            if not report.sample:
-                report.sample = list(zip(bundle["entry"], stored, strict=True))
-            advance(people)
-
-        try:
-            for bundle, people in merge(households(), households_per_transaction):
-                if len(pending) >= concurrency:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()  # a failed transaction stops the load
-                pending.add(asyncio.create_task(send(bundle, people)))
-            if pending:
-                for outcome in await asyncio.gather(*pending, return_exceptions=True):
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                pending = set()
-        finally:
-            for task in pending:
-                task.cancel()
+        if processes > 1:
+            await _load_in_processes(
+                engine, report, seed, households_per_transaction, concurrency, processes,
+                targets, advance,
+            )  # fmt: skip
+        else:
+            chunks = merge(_households(county, report, targets), households_per_transaction)
+            await _send(engine, chunks, report, concurrency, advance)
     report.seconds = time.perf_counter() - started
+    report.cpu_seconds += time.process_time() - cpu_started
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """The share of the county one loader process loads: every ``parts``-th transaction."""
+
+    settings: Settings
+    residents: int
+    seed: int
+    part: int
+    parts: int
+    households_per_transaction: int
+    concurrency: int
+    targets: dict[str, str]
+
+
+def _load_part(part: _Part, queue: Any) -> LoadReport:
+    """Loader process: regenerate the county, load this part's transactions (blocking)."""
+
+    async def run() -> LoadReport:
+        engine = FhirEngine.build(part.settings)
+        report = LoadReport()
+        cpu_started = time.process_time()
+        try:
+            county = generate_county(residents=part.residents, seed=part.seed)
+            next(county)  # the organisations: loaded by the parent
+            chunks = (
+                chunk
+                for number, chunk in enumerate(
+                    merge(_households(county, LoadReport(), {}), part.households_per_transaction)
+                )
+                if number % part.parts == part.part
+            )
+
+            def resolved() -> Iterator[tuple[Bundle, int]]:
+                for bundle, people in chunks:
+                    report.households += sum(
+                        1
+                        for e in bundle["entry"]
+                        if e["resource"]["resourceType"] == "Patient"
+                        and "link" not in e["resource"]
+                    )
+                    if part.targets:
+                        resolve_references(bundle, part.targets)
+                    yield bundle, people
+
+            await _send(engine, resolved(), report, part.concurrency, queue.put)
+        finally:
+            await engine.db.dispose()
+        report.cpu_seconds = time.process_time() - cpu_started
+        report.sample = report.sample if part.part == 0 else []
+        return report
+
+    return asyncio.run(run())
+
+
+async def _load_in_processes(
+    engine: FhirEngine,
+    report: LoadReport,
+    seed: int,
+    households_per_transaction: int,
+    concurrency: int,
+    processes: int,
+    targets: dict[str, str],
+    advance: Callable[[int], None],
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
+        queue = manager.Queue()
+        loop = asyncio.get_running_loop()
+        futures = [
+            loop.run_in_executor(
+                pool,
+                _load_part,
+                _Part(
+                    engine.settings,
+                    report.residents,
+                    seed,
+                    part,
+                    processes,
+                    households_per_transaction,
+                    concurrency,
+                    targets,
+                ),
+                queue,
+            )
+            for part in range(processes)
+        ]
+        while not all(f.done() for f in futures):
+            await asyncio.sleep(0.2)
+            while not queue.empty():
+                advance(queue.get())
+        while not queue.empty():
+            advance(queue.get())
+        for future in futures:
+            part_report = future.result()
+            report.created += part_report.created
+            report.reused += part_report.reused
+            report.households += part_report.households
+            report.cpu_seconds += part_report.cpu_seconds
+            report.sample = report.sample or part_report.sample
 
 
 class _silent:

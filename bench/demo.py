@@ -1,0 +1,216 @@
+"""Demo county load throughput: resources/s on SQLite and PostgreSQL, baseline vs variants.
+
+Run: ``.venv/bin/python bench/demo.py [--residents N] [--db sqlite|postgres|both]
+[--profile]``. Every variant loads the same county (``--seed``) into a new scratch
+database (a SQLite file in a temporary folder; a new PostgreSQL database on
+``SMARTMED_BENCH_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``,
+dropped afterwards) through ``smartmed.demo.load.load_county`` — the engine's transaction
+path with full validation, indexing, history and outbox — and prints resources/s next to
+the baseline measured in the same run:
+
+* ``baseline``: one household per transaction, conditional references resolved by the
+  engine (a search per reference and transaction), one transaction at a time — the
+  loader as it was first written;
+* ``literal refs``: the organisation Bundle's ids substituted before sending;
+* ``N households/tx``: several households per transaction;
+* ``… K in flight`` (PostgreSQL): K transactions at once on separate connections;
+* ``… x P processes`` (PostgreSQL): P loader processes, each with its own engine.
+
+``loader CPU µs/res`` is the CPU time of the loader process(es) per resource: unlike the
+wall-clock rate it hardly moves when other programs share the machine.
+
+It also prints the CPU ceiling of one loader process: the engine's per-resource work
+that no loader choice avoids (validation + search-index extraction + serialisation, as
+``Repository._prepare`` does it), in µs per resource and the resources/s it allows.
+``--profile`` runs the chosen variant once more under pyinstrument and prints where the
+time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from smartmed.config import Settings
+from smartmed.demo.generator import generate_county
+from smartmed.demo.load import LoadReport, load_county
+from smartmed.fhir import jsonio
+from smartmed.fhir.context import FhirEngine
+from smartmed.fhir.storage.migrate import migrate
+
+PG_ADMIN = os.environ.get(
+    "SMARTMED_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    per_transaction: int
+    resolve: bool
+    concurrency: int
+    postgres_only: bool = False
+    processes: int = 1
+
+
+VARIANTS = (
+    Variant("baseline (1 household/tx, engine-resolved refs)", 1, False, 1),
+    Variant("literal refs, 1 household/tx", 1, True, 1),
+    Variant("literal refs, 10 households/tx", 10, True, 1),
+    Variant("literal refs, 25 households/tx", 25, True, 1),
+    Variant("literal refs, 50 households/tx", 50, True, 1),
+    Variant("25 households/tx, 2 in flight", 25, True, 2, True),
+    Variant("25 households/tx, 3 in flight", 25, True, 3, True),
+    Variant("25 households/tx, 4 in flight", 25, True, 4, True),
+    Variant("25 households/tx, 2 in flight x 2 processes", 25, True, 2, True, 2),
+    Variant("25 households/tx, 3 in flight x 2 processes", 25, True, 3, True, 2),
+    Variant("10 households/tx, 2 in flight x 3 processes", 10, True, 2, True, 3),
+)
+
+
+@asynccontextmanager
+async def scratch_database(kind: str) -> AsyncIterator[str]:
+    """A new empty database URL, removed afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite+aiosqlite:///{folder}/bench.db"
+        return
+    name = f"smartmed_bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def run_variant(kind: str, variant: Variant, residents: int, seed: int) -> LoadReport:
+    """Load the county with one variant into a new database."""
+    async with scratch_database(kind) as url:
+        engine = FhirEngine.build(Settings(database_url=url))
+        try:
+            await migrate(engine.db)
+            return await load_county(
+                engine,
+                residents=residents,
+                seed=seed,
+                households_per_transaction=variant.per_transaction,
+                concurrency=variant.concurrency,
+                processes=variant.processes,
+                resolve=variant.resolve,
+                show_progress=False,
+            )
+        finally:
+            await engine.db.dispose()
+
+
+def cpu_ceiling(residents: int, seed: int) -> tuple[float, float, float, int]:
+    """µs per resource for validation, extraction and serialisation of generated resources."""
+    engine = FhirEngine.build(Settings(database_url="sqlite+aiosqlite:///:memory:"))
+    services = engine.services
+    resources: list[dict[str, Any]] = [
+        e["resource"] for b in generate_county(residents=residents, seed=seed) for e in b["entry"]
+    ]
+    for r in resources[:200]:  # warm caches (UCUM, compiled paths)
+        services.extractor.extract(r)
+    started = time.perf_counter()
+    for r in resources:
+        services.validator.validate(r, resource_type=r["resourceType"])
+    validated = time.perf_counter()
+    for r in resources:
+        services.extractor.extract(r)
+    extracted = time.perf_counter()
+    for r in resources:
+        jsonio.dumps(r)
+    dumped = time.perf_counter()
+    n = len(resources)
+    return (
+        (validated - started) / n * 1e6,
+        (extracted - validated) / n * 1e6,
+        (dumped - extracted) / n * 1e6,
+        n,
+    )
+
+
+def generation_rate(residents: int, seed: int) -> float:
+    """Resources per second generated (no I/O)."""
+    started = time.perf_counter()
+    n = sum(len(b["entry"]) for b in generate_county(residents=residents, seed=seed))
+    return n / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--residents", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument(
+        "--only", default="", help="comma-separated variant numbers (1-based) to run"
+    )
+    parser.add_argument("--profile", action="store_true", help="profile the last variant run")
+    args = parser.parse_args()
+    kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    chosen = [int(x) for x in args.only.split(",") if x] or list(range(1, len(VARIANTS) + 1))
+
+    rate = generation_rate(args.residents, args.seed)
+    print(f"generation alone: {rate:,.0f} resources/s", flush=True)
+    valid, extract, dump, n = cpu_ceiling(min(args.residents, 1000), args.seed)
+    per = valid + extract + dump
+    print(
+        f"engine CPU per resource ({n:,} generated resources): validate {valid:.0f} µs + "
+        f"extract index {extract:.0f} µs + serialise {dump:.0f} µs = {per:.0f} µs "
+        f"-> at most {1e6 / per:,.0f} resources/s per loader process before any SQL",
+        flush=True,
+    )
+    last: tuple[str, Variant] | None = None
+    for kind in kinds:
+        print(f"\n{kind}: {args.residents:,} residents, seed {args.seed}")
+        print(
+            f"  {'variant':<50} {'resources':>9} {'seconds':>8} {'res/s':>7} {'x base':>7} "
+            f"{'loader CPU µs/res':>17}"
+        )
+        base_rate: float | None = None
+        for number in chosen:
+            variant = VARIANTS[number - 1]
+            if variant.postgres_only and kind != "postgres":
+                continue
+            report = await run_variant(kind, variant, args.residents, args.seed)
+            base_rate = base_rate or report.rate
+            print(
+                f"  {number}. {variant.name:<47} {report.total:>9,} {report.seconds:>8.1f} "
+                f"{report.rate:>7,.0f} {report.rate / base_rate:>6.2f}x "
+                f"{report.cpu_seconds / report.total * 1e6:>17,.0f}",
+                flush=True,
+            )
+            last = (kind, variant)
+    if args.profile and last is not None:
+        from pyinstrument import Profiler
+
+        kind, variant = last
+        profiler = Profiler(async_mode="enabled")
+        with profiler:
+            await run_variant(kind, variant, args.residents, args.seed)
+        print(profiler.output_text(unicode=True, color=False, show_all=False))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
