@@ -103,7 +103,8 @@ BAD: list[tuple[dict[str, Any], type[Invalid], str, str]] = [
         "data is not JSON: Type is not JSON serializable: object",
     ),
     ({"urgency": "stat"}, Invalid, "urgency", "urgency must be routine or urgent, not 'stat'"),
-    ({"key": ""}, Invalid, "key", "key must be 1-235 characters"),
+    ({"key": ""}, Invalid, "key", "key must be 1-255 characters"),
+    ({"key": "k" * 256}, Invalid, "key", "key must be 1-255 characters"),
 ]
 
 

@@ -147,8 +147,8 @@ async def _notify(
         data_json = orjson.dumps(data).decode()
     except TypeError as exc:
         raise UnusableData(f"data is not JSON: {exc}", expression="data") from None
-    if key is not None and not 0 < len(key) <= KEY_LEN - 20:
-        raise Invalid(f"key must be 1-{KEY_LEN - 20} characters", expression="key")
+    if key is not None and not 0 < len(key) <= KEY_LEN:
+        raise Invalid(f"key must be 1-{KEY_LEN} characters", expression="key")
     if key is not None:
         existing = await _by_key(conn, key)
         if existing is not None:
