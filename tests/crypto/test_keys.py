@@ -145,6 +145,7 @@ async def test_reseal_protects_data_written_before_protection(fresh_url: str) ->
     # given: data written with protection off is stored in plaintext
     async with running(settings_for(fresh_url, encryption_enabled=False)) as (_app, client):
         pid = await _create(client, patient(ID_1, PHONE_1))
+        await _readable(client, pid, ID_1, PHONE_1)  # no keys at all: plain search works
     plain = await raw_rows(fresh_url, ("resource", "resource_history", "idx_token"))
     assert leaks(plain, [ID_1, PHONE_1]) == [
         ("idx_token", ID_1),
