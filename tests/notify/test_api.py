@@ -282,3 +282,67 @@ async def test_delivery_detail_for_staff(
     assert outcome(r) == (403, "only staff may see a notification's delivery", None)
     r = await api.get("/api/notifications/no-such-id/delivery", headers=staff)
     assert outcome(r) == (404, "no notification no-such-id", None)
+
+
+async def test_staff_follow_up_closes_an_undeliverable(
+    api: httpx.AsyncClient, notify_app: FastAPI, engine: FhirEngine
+) -> None:
+    from tests.notify.conftest import communication, state
+
+    nobody = await person(engine, "Patient")
+    async with engine.db.write() as conn:
+        nid = await notify(
+            engine,
+            conn,
+            recipient=nobody,
+            template="bp-alert",
+            data=BP,
+            channels=("sms",),
+            urgency="urgent",
+        )
+    nurse = await token(notify_app, "Practitioner/nurse-7", ["nurse"])
+    url = f"/api/notifications/{nid}/follow-up"
+
+    r = await api.post(
+        url, json={"note": "x"}, headers=await token(notify_app, nobody, ["resident"])
+    )
+    assert outcome(r) == (403, "only staff may follow undeliverable notifications up", None)
+    r = await api.post(url, json={"note": ""}, headers=nurse)
+    assert r.status_code == 400
+    assert (await state(engine, nid)).status == "undeliverable"  # nothing changed
+
+    r = await api.post(url, json={"note": "电话通知了患者，已告知就诊"}, headers=nurse)
+    assert r.status_code == 200
+    assert r.json()["status"] == "followed-up"
+    row = await state(engine, nid)
+    comm = await communication(engine, row)
+    assert comm["status"] == "not-done"
+    [note] = comm["note"]
+    assert (note["authorReference"], note["text"]) == (
+        {"reference": "Practitioner/nurse-7"},
+        "电话通知了患者，已告知就诊",
+    )
+    listing = await api.get(
+        "/api/notifications/undeliverable", params={"limit": 500}, headers=nurse
+    )
+    assert nid not in [i["id"] for i in listing.json()["items"]]
+    listing = await api.get(
+        "/api/notifications/undeliverable",
+        params={"limit": 500, "followedUp": "true"},
+        headers=nurse,
+    )
+    assert [i["status"] for i in listing.json()["items"] if i["id"] == nid] == ["followed-up"]
+
+    r = await api.post(url, json={"note": "again"}, headers=nurse)
+    assert outcome(r) == (409, f"notification {nid} is followed-up, not undeliverable", "status")
+    r = await api.post("/api/notifications/nope/follow-up", json={"note": "x"}, headers=nurse)
+    assert outcome(r) == (404, "no notification nope", None)
+    delivered = await send_inapp(engine, nobody)
+    r = await api.post(
+        f"/api/notifications/{delivered}/follow-up", json={"note": "x"}, headers=nurse
+    )
+    assert outcome(r) == (
+        409,
+        f"notification {delivered} is delivered, not undeliverable",
+        "status",
+    )

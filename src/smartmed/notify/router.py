@@ -11,6 +11,7 @@ GET     /api/notifications/preferences               my channels and quiet hours
 PUT     /api/notifications/preferences               replace them
 GET     /api/notifications/undeliverable             staff: notifications nobody could receive
 GET     /api/notifications/{id}/delivery             staff: one notification's plan and attempts
+POST    /api/notifications/{id}/follow-up            staff: note what was done; leaves the list
 ======  ===========================================  ==========================================
 
 The caller is the portal session's principal (``request.state.principal``) or a bearer
@@ -109,6 +110,13 @@ class QuietHoursIn(BaseModel):
     end: str = Field(description="local time HH:MM, e.g. 07:00; may be before start")
 
 
+class FollowUpIn(BaseModel):
+    """What staff did about an undeliverable notification."""
+
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(min_length=1, max_length=2000, description="e.g. 'phoned; will come'")
+
+
 class PreferencesIn(BaseModel):
     """The whole of one's preferences (PUT replaces them)."""
 
@@ -193,11 +201,28 @@ def build_notify_router() -> APIRouter:
         request: Request,
         principal: Caller,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        followed_up: Annotated[bool, Query(alias="followedUp")] = False,
     ) -> JSONResponse:
         _staff(principal, "may list undeliverable notifications")
         async with _engine(request).db.read() as conn:
-            items = await service.list_undeliverable(conn, limit=limit)
+            items = await service.list_undeliverable(conn, limit=limit, followed_up=followed_up)
         return JSONResponse({"items": items}, headers=_NO_STORE)
+
+    @router.post("/{notification_id}/follow-up")
+    async def follow_up(
+        request: Request, principal: Caller, notification_id: str, body: FollowUpIn
+    ) -> JSONResponse:
+        _staff(principal, "may follow undeliverable notifications up")
+        engine = _engine(request)
+        async with engine.db.write() as conn:
+            found = await service.do_follow_up(
+                engine,
+                conn,
+                notification_id,
+                author=principal.fhir_user or principal.subject,
+                note=body.note,
+            )
+        return JSONResponse(found)
 
     @router.get("/{notification_id}/delivery")
     async def delivery(request: Request, principal: Caller, notification_id: str) -> JSONResponse:

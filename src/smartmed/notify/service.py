@@ -25,11 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import Invalid
+from smartmed.fhir.errors import Conflict, Invalid, NotFound
 from smartmed.fhir.hooks import current_access
 from smartmed.fhir.model import fhir_instant, utcnow
 from smartmed.notify.channels import CHANNELS, Channel, build_channels
-from smartmed.notify.communication import new_communication, not_done
+from smartmed.notify.communication import new_communication, not_done, update_communication
 from smartmed.notify.errors import UnknownChannel, UnusableData
 from smartmed.notify.preferences import Preferences, get_preferences, quiet_until
 from smartmed.notify.recipients import Contact, resolve
@@ -353,12 +353,15 @@ def _public(row: Any, attempts: Sequence[Any] = ()) -> dict[str, Any]:
     }
 
 
-async def list_undeliverable(conn: AsyncConnection, *, limit: int = 50) -> list[dict[str, Any]]:
-    """Undeliverable notifications, newest first, with their attempts."""
+async def list_undeliverable(
+    conn: AsyncConnection, *, limit: int = 50, followed_up: bool = False
+) -> list[dict[str, Any]]:
+    """Undeliverable notifications (and, asked for, those followed up), newest first."""
     n = notification.c
+    states = ["undeliverable", "followed-up"] if followed_up else ["undeliverable"]
     stmt = (
         select(notification)
-        .where(n.status == "undeliverable")
+        .where(n.status.in_(states))
         .order_by(n.created_at.desc(), n.id.desc())
         .limit(limit)
     )
@@ -374,3 +377,49 @@ async def list_undeliverable(conn: AsyncConnection, *, limit: int = 50) -> list[
     for x in attempts:
         by_id.setdefault(x.notification_id, []).append(x)
     return [_public(r, by_id.get(r.id, [])) for r in rows]
+
+
+def _with_note(resource: dict[str, Any], author: str, text: str, at: str) -> dict[str, Any]:
+    out = dict(resource)
+    note: dict[str, Any] = {"time": at, "text": text}
+    if "/" in author:
+        note["authorReference"] = {"reference": author}
+    else:
+        note["authorString"] = author
+    out["note"] = [*out.get("note", []), note]
+    return out
+
+
+async def do_follow_up(
+    engine: FhirEngine, conn: AsyncConnection, notification_id: str, *, author: str, note: str
+) -> dict[str, Any]:
+    """Record that staff followed an undeliverable notification up (e.g. by phone).
+
+    The notification becomes ``followed-up`` and leaves the undeliverable list; the note,
+    its author and time go on the Communication, which stays ``not-done``.
+    """
+    row = (
+        await conn.execute(select(notification).where(notification.c.id == notification_id))
+    ).first()
+    if row is None:
+        raise NotFound(f"no notification {notification_id}")
+    result = await conn.execute(
+        update(notification)
+        .where(notification.c.id == notification_id, notification.c.status == "undeliverable")
+        .values(status="followed-up")
+    )
+    if result.rowcount != 1:
+        raise Conflict(
+            f"notification {notification_id} is {row.status}, not undeliverable",
+            expression="status",
+        )
+    reset = current_access.set(None)  # the route checked the staff role
+    try:
+        repo = engine.repository(conn)
+        at = fhir_instant(utcnow())
+        await update_communication(repo, row.communication_id, _with_note, author, note, at)
+    finally:
+        current_access.reset(reset)
+    found = await get_notification(conn, notification_id)
+    assert found is not None
+    return found
