@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 
 async def dispatch_batch(engine: FhirEngine, *, limit: int = 200) -> int:
     """Turn up to ``limit`` unprocessed outbox rows into handler jobs; how many rows."""
+    async with engine.db.read() as conn:  # idle passes never take the (SQLite) write lock
+        pending = (
+            await conn.execute(select(outbox.c.pk).where(outbox.c.processed_at.is_(None)).limit(1))
+        ).first()
+    if pending is None:
+        return 0
     async with engine.db.write() as conn:
         rows = (
             await conn.execute(

@@ -103,12 +103,7 @@ async def claim(
     now = utcnow()
     due = (
         select(job.c.pk)
-        .where(
-            or_(
-                and_(job.c.state == "queued", job.c.run_at <= now),
-                and_(job.c.state == "running", job.c.locked_until < now),
-            )
-        )
+        .where(_due(now))
         .order_by(job.c.run_at, job.c.pk)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -133,6 +128,18 @@ async def claim(
         Claimed(r.pk, r.kind, orjson.loads(r.payload), r.key, r.attempts, r.max_attempts, token)
         for r in sorted(rows, key=lambda r: r.pk)
     ]
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(job.c.state == "queued", job.c.run_at <= now),
+        and_(job.c.state == "running", job.c.locked_until < now),
+    )
+
+
+async def any_due(conn: AsyncConnection) -> bool:
+    """Whether some job is due (a cheap read before taking the write lock to claim)."""
+    return (await conn.execute(select(job.c.pk).where(_due(utcnow())).limit(1))).first() is not None
 
 
 async def heartbeat(

@@ -176,6 +176,7 @@ def on_event(
     name: str | None = None,
     max_attempts: int = 10,
     backoff_seconds: float = 10.0,
+    max_backoff_seconds: float = 3600.0,
     timeout_seconds: float = 300.0,
 ) -> Callable[[EventHandler], EventHandler]:
     """Register ``async def h(ctx, event)`` for changes of ``resource_type``.
@@ -199,7 +200,7 @@ def on_event(
             await run_handler(ctx, handler_name, payload)
 
         registry.kinds[kind] = JobKind(
-            kind, run, max_attempts, backoff_seconds, 3600.0, timeout_seconds
+            kind, run, max_attempts, backoff_seconds, max_backoff_seconds, timeout_seconds
         )
         return function
 

@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import update
 
 from smartmed.jobs.dispatch import dispatch_batch
-from smartmed.jobs.queue import Claimed, claim, fail, finish, heartbeat, utcnow
+from smartmed.jobs.queue import Claimed, any_due, claim, fail, finish, heartbeat, utcnow
 from smartmed.jobs.registry import JobContext, registry
 from smartmed.jobs.schedules import tick_schedules
 from smartmed.jobs.tables import job
@@ -130,7 +130,11 @@ class JobRunner:
                     await tick_schedules(self.engine)
                 free = self.concurrency - len(self._inflight)
                 claimed: list[Claimed] = []
+                due = False
                 if free > 0:
+                    async with self.engine.db.read() as conn:
+                        due = await any_due(conn)
+                if due:
                     async with self.engine.db.write() as conn:
                         claimed = await claim(
                             conn,
@@ -218,12 +222,16 @@ class JobRunner:
                 error = f"timed out after {kind.timeout_seconds:g} s"
             except Exception as exc:  # noqa: BLE001 - any failure is retried
                 error = f"{type(exc).__name__}: {exc}"
-        async with self.engine.db.write() as conn:
-            if error is None:
-                if not await finish(conn, claimed):
-                    log.warning("job finished after its lease was lost", job=claimed.pk)
-                return
-            state = await fail(conn, claimed, error)
+        try:
+            async with self.engine.db.write() as conn:
+                if error is None:
+                    if not await finish(conn, claimed):
+                        log.warning("job finished after its lease was lost", job=claimed.pk)
+                    return
+                state = await fail(conn, claimed, error)
+        except Exception:  # noqa: BLE001 - the lease expires and the job runs again
+            log.exception("could not record a job's outcome", job=claimed.pk)
+            return
         log.info("job failed", job=claimed.pk, kind=claimed.kind, state=state, error=error)
 
     async def _release(self, claimed: Claimed) -> None:
