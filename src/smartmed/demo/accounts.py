@@ -129,12 +129,25 @@ def _public_plan(sample: list[tuple[dict[str, Any], str]]) -> list[_Plan]:
     """A resident (an adult household head) and a family representative (an adult member
     of a household, linked through their RelatedPerson to the head)."""
     plans: list[_Plan] = []
-    for item, stored in sample:
-        res = item["resource"]
-        if res["resourceType"] == "Patient" and "maritalStatus" in res and "link" not in res:
-            name = res["name"][0]["text"]
-            plans.append(_Plan("resident1", Role.RESIDENT, stored, None, f"居民（户主）{name}"))
-            break
+    heads = [
+        (item, stored)
+        for item, stored in sample
+        if item["resource"]["resourceType"] == "Patient"
+        and "maritalStatus" in item["resource"]
+        and "link" not in item["resource"]
+    ]
+    # Prefer a head with a chronic condition: their record has prescriptions and readings.
+    chronic = {
+        item["resource"]["subject"]["reference"]
+        for item, _ in sample
+        if item["resource"]["resourceType"] == "Condition"
+    }
+    # (The engine rewrites the Bundle's urn:uuid references in place: either form may show.)
+    heads.sort(key=lambda head: head[0]["fullUrl"] not in chronic and head[1] not in chronic)
+    if heads:
+        item, stored = heads[0]
+        name = item["resource"]["name"][0]["text"]
+        plans.append(_Plan("resident1", Role.RESIDENT, stored, None, f"居民（户主）{name}"))
     for item, stored in sample:
         res = item["resource"]
         if res["resourceType"] == "RelatedPerson" and "telecom" in res:

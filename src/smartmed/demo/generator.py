@@ -407,7 +407,7 @@ class _Generator:
                 f"CH-{suffix}",
                 f"{county}{centre}",
                 provider,
-                ("shared-centre", "县域共享中心"),
+                ("exam-centre", "县域共享检查中心"),
                 ["城关健康路1号"],
                 "CH",
             )
