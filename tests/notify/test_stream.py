@@ -190,3 +190,14 @@ async def test_postgres_wakes_streams_of_other_processes(engine: FhirEngine) -> 
         assert orjson.loads(chunk.split(b"data: ", 1)[1])["id"] == elsewhere
     finally:
         await stream.aclose()
+
+
+async def test_a_stream_ends_after_its_lifetime(engine: FhirEngine) -> None:
+    """The browser reconnects (and is authenticated again); nothing lost with Last-Event-ID."""
+    me = await person(engine, "Patient")
+    chunks = []
+    async with asyncio.timeout(5):
+        async for chunk in _events(engine, me, 0, lifetime=0.5):
+            chunks.append(chunk)
+    assert chunks == [b"retry: 3000\n: connected\n\n"]
+    assert broker.open_streams(me) == 0

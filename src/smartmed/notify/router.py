@@ -250,15 +250,24 @@ def _event(row: Any) -> bytes:
     return f"id: {row.pk}\nevent: notification\ndata: {data}\n\n".encode()
 
 
-async def _events(engine: FhirEngine, owner: str, after: int) -> AsyncIterator[bytes]:
-    """The SSE body: messages after ``after`` as they arrive, keep-alives in between."""
+async def _events(
+    engine: FhirEngine, owner: str, after: int, *, lifetime: float | None = None
+) -> AsyncIterator[bytes]:
+    """The SSE body: messages after ``after`` as they arrive, keep-alives in between.
+
+    A stream ends after ``lifetime`` seconds (default: an access token's lifetime); the
+    browser's EventSource reconnects with ``Last-Event-ID``, so nothing is missed, and
+    the caller's token or session is checked again: a revoked one stops receiving.
+    """
     poll = engine.settings.notify_stream_poll_seconds
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + (lifetime or float(engine.settings.access_token_seconds))
     await broker.listen(engine.db)
     try:
         with broker.subscribe(owner) as wake:
             yield b"retry: 3000\n: connected\n\n"
             quiet = 0.0
-            while True:
+            while loop.time() < ends:
                 wake.clear()  # before reading: a wake-up during the read is not lost
                 async with engine.db.read() as conn:
                     rows = await service.inbox_after(conn, owner, after)
@@ -268,10 +277,11 @@ async def _events(engine: FhirEngine, owner: str, after: int) -> AsyncIterator[b
                 if rows:
                     quiet = 0.0
                     continue
+                wait = max(0.0, min(poll, ends - loop.time()))
                 try:
-                    await asyncio.wait_for(wake.wait(), poll)
+                    await asyncio.wait_for(wake.wait(), wait)
                 except TimeoutError:
-                    quiet += poll
+                    quiet += wait
                 if quiet >= KEEPALIVE_SECONDS:
                     quiet = 0.0
                     yield b": keepalive\n\n"
