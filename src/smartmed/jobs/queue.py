@@ -226,7 +226,7 @@ async def list_jobs(
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if k not in ("lease", "payload")}
+    out = {str(k): v for k, v in row.items() if k not in ("lease", "payload")}
     out["id"] = out.pop("pk")
     out["payload"] = orjson.loads(row["payload"])
     for name in ("run_at", "locked_until", "created_at", "finished_at"):
