@@ -305,3 +305,28 @@ async def test_staff_directory_is_read_only(demo_app: FastAPI) -> None:
             assert f'href="{path}" aria-current="page"' in r.text  # the directory's tabs
             assert "/new" not in r.text and "/admin/" not in r.text
             assert len(rows(r.text)) > 1
+
+
+async def test_resident_sees_their_family_doctor_and_team(demo_app: FastAPI) -> None:
+    patients = await fhir(demo_app, "Patient", _count="50")
+    patient = next(
+        e["resource"] for e in patients["entry"] if e["resource"].get("generalPractitioner")
+    )
+    gp_id = patient["generalPractitioner"][0]["reference"].split("/", 1)[1]
+    gp = await fhir(demo_app, f"Practitioner/{gp_id}")
+    roles = await fhir(demo_app, "PractitionerRole", practitioner=f"Practitioner/{gp_id}")
+    members = ",".join(f"PractitionerRole/{e['resource']['id']}" for e in roles["entry"])
+    team = (await fhir(demo_app, "CareTeam", participant=members))["entry"][0]["resource"]
+    resident = await make_user(
+        demo_app, (Role.RESIDENT, None), fhir_user=f"Patient/{patient['id']}"
+    )
+    async with browser(demo_app, **{"Accept-Language": "zh-CN"}) as c:
+        home = await login(c, resident)
+    card = home.text.split('data-testid="family-doctor"', 1)[1].split("</section>", 1)[0]
+    assert "我的家庭医生" in card
+    assert (
+        f'data-testid="doctor-name">{gp["name"][0]["family"]}{gp["name"][0]["given"][0]}<' in card
+    )
+    assert f'data-testid="team-name">{team["name"]}<' in card
+    phone = gp["telecom"][0]["value"]
+    assert f'href="tel:{phone}"' in card

@@ -24,11 +24,13 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from smartmed.app import create_app
 from smartmed.config import Settings
 from smartmed.demo.load import load_demo
 from smartmed.fhir.storage.database import Database
+from smartmed.fhir.storage.tables import resource
 from smartmed.identity.accounts import Accounts
 from smartmed.identity.crypto import Box
 from smartmed.identity.principal import Role, RoleAssignment
@@ -57,15 +59,25 @@ async def _prepare(url: str) -> dict[str, str | None]:
     await load_demo(settings, residents=40, seed=5, if_empty=False)
     db = Database(url)
     try:
+        # The resident is a demo patient with a family doctor.
+        async with db.read() as conn:
+            rows = await conn.execute(
+                select(resource.c.id, resource.c.content).where(resource.c.type == "Patient")
+            )
+            patient = next(r.id for r in rows if "generalPractitioner" in str(r.content))
         accounts = Accounts(db, Box(SECRET.encode()))
         secrets: dict[str, str | None] = {}
-        for name, role, staff in (
-            ("browser-admin", Role.PLATFORM_ADMIN, True),
-            ("browser-nurse", Role.NURSE, True),
-            ("browser-resident", Role.RESIDENT, False),
+        for name, role, staff, link in (
+            ("browser-admin", Role.PLATFORM_ADMIN, True, None),
+            ("browser-nurse", Role.NURSE, True, None),
+            ("browser-resident", Role.RESIDENT, False, f"Patient/{patient}"),
         ):
             _account, secret = await accounts.create(
-                name, PASSWORD, roles=[RoleAssignment(role, None)], with_totp=staff
+                name,
+                PASSWORD,
+                fhir_user=link,
+                roles=[RoleAssignment(role, None)],
+                with_totp=staff,
             )
             secrets[name] = secret
         return secrets
@@ -216,6 +228,8 @@ def test_resident_sees_a_phone_layout(live: Live, chromium: Any) -> None:
     box = tabbar.bounding_box()
     assert box is not None and box["y"] + box["height"] == pytest.approx(844, abs=1)
     assert page.locator("#sidebar").count() == 0
+    expect(page.get_by_test_id("family-doctor")).to_contain_text("我的家庭医生")
+    assert page.get_by_test_id("doctor-name").inner_text()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     shot(page, "home-resident-phone")
     tabbar.get_by_role("link", name="我的信息").click()
@@ -342,7 +356,7 @@ def test_administrator_creates_a_team_an_account_and_imports_staff(
 @pytest.mark.parametrize(
     ("username", "heading", "nav"),
     [
-        ("browser-resident", "您好，browser-resident", ["我的信息"]),
+        ("browser-resident", "您好，", ["我的信息"]),
         ("browser-nurse", "您好，browser-nurse", ["通讯录"]),
         ("browser-admin", "您好，browser-admin", ["通讯录", "机构", "科室", "人员"]),
     ],

@@ -107,6 +107,7 @@ def build_shell_router() -> APIRouter:
         context: dict[str, Any] = {"tiles": [e for e in entries_for(role) if not e.planned]}
         if role in (Role.RESIDENT, Role.FAMILY_REPRESENTATIVE):
             context["person"] = await _person(request, session.account.fhir_user)
+            context["doctor"] = await family_doctor(request, context["person"])
         if role in ADMINS:
             context["stats"] = await _stats(request)
         return render(request, "home.html", **context)
@@ -185,7 +186,8 @@ def build_shell_router() -> APIRouter:
         session = get_session(request)
         assert session.account is not None
         person = await _person(request, session.account.fhir_user)
-        return render(request, "me.html", person=person, genders=GENDERS)
+        doctor = await family_doctor(request, person)
+        return render(request, "me.html", person=person, genders=GENDERS, doctor=doctor)
 
     return router
 
@@ -195,6 +197,42 @@ async def _person(request: Request, fhir_user: str | None) -> dict[str, Any] | N
         return None
     type_, id_ = fhir_user.split("/", 1)
     return await fhirdata.read(request, type_, id_)
+
+
+async def family_doctor(request: Request, patient: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The resident's family doctor (``Patient.generalPractitioner``), their clinic
+    (``managingOrganization``) and the family-doctor team (CareTeam) they belong to."""
+    if not patient or patient.get("resourceType") != "Patient":
+        return None
+    first: dict[str, Any] = next(iter(patient.get("generalPractitioner") or []), {})
+    ref = first.get("reference", "")
+    kind, _sep, gp_id = str(ref).partition("/")
+    if kind not in ("Practitioner", "PractitionerRole") or not gp_id:
+        return None
+    role_ids = [gp_id] if kind == "PractitionerRole" else []
+    practitioner: dict[str, Any] | None = None
+    if kind == "PractitionerRole":
+        role = await fhirdata.read(request, "PractitionerRole", gp_id)
+        ref = ((role or {}).get("practitioner") or {}).get("reference", "")
+        kind, _sep, gp_id = str(ref).partition("/")
+    if kind == "Practitioner":
+        practitioner = await fhirdata.read(request, "Practitioner", gp_id)
+        roles = await fhirdata.search_all(
+            request, "PractitionerRole", [("practitioner", f"Practitioner/{gp_id}")], 20
+        )
+        role_ids += [r["id"] for r in roles]
+    team = None
+    if role_ids:
+        members = ",".join(f"PractitionerRole/{i}" for i in role_ids)
+        teams = await fhirdata.search_all(
+            request, "CareTeam", [("participant", members), ("status", "active")], 1
+        )
+        team = teams[0] if teams else None
+    clinic_ref = (patient.get("managingOrganization") or {}).get("reference", "")
+    clinic = None
+    if str(clinic_ref).startswith("Organization/"):
+        clinic = await fhirdata.read(request, "Organization", clinic_ref.split("/", 1)[1])
+    return {"practitioner": practitioner, "team": team, "clinic": clinic}
 
 
 async def _stats(request: Request) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from smartmed.identity.principal import Role
 from smartmed.identity.service import get_identity
 from smartmed.portal import i18n
+from smartmed.portal.admin import codes
 from smartmed.portal.nav import ROLE_LABELS, entries_for
 from smartmed.portal.session import csrf_token, get_session
 
@@ -79,8 +80,9 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         "role_labels": ROLE_LABELS,
         "flash": session.pop("flash"),
         "now": date.today(),
+        "codes": codes,
     }
-    html = environment(locale).get_template(template).render(**base, **context)
+    html = environment(locale).get_template(template).render({**base, **context})
     return HTMLResponse(html, status, headers=NO_STORE)
 
 
