@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import event, insert, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from smartmed.audit.chain import INSERT_LOCK, chain_pending, pg_lock
+from smartmed.audit.chain import INSERT_LOCK, chain_pending
 from smartmed.audit.record import canonical, utc_naive
 from smartmed.audit.tables import audit_log
 from smartmed.fhir.hooks import AuditRecord
@@ -33,6 +35,47 @@ class AuditUnavailable(RuntimeError):
 
 
 _Pending = tuple[datetime, str, "asyncio.Future[None]"]
+
+# PostgreSQL: the whole batch in ONE statement and one round trip, run in autocommit (the
+# statement is its own transaction). The CTE takes the writers' advisory lock before any
+# row gets its seq, so the writers of all processes take turns and seq order is commit
+# order: the chainer can never pass a row that is still uncommitted.
+_PG_INSERT = text(
+    "WITH turn AS (SELECT pg_advisory_xact_lock(:lock)) "
+    "INSERT INTO audit_log (recorded, body) "
+    "SELECT t.recorded, t.body FROM turn, "
+    "unnest(CAST(:recorded AS timestamp[]), CAST(:body AS text[])) "
+    "WITH ORDINALITY AS t(recorded, body, n) ORDER BY t.n"
+)
+
+
+def _writer_engine(db: Database) -> AsyncEngine | None:
+    """The writer's own connection, in autocommit (None: use the shared one).
+
+    A batch then never queues for the request pool behind the very requests that wait
+    for it, and each batch is a single statement (its own transaction, one round trip).
+    """
+    options: dict[str, Any] = {
+        "pool_size": 1,
+        "max_overflow": 1,
+        "isolation_level": "AUTOCOMMIT",
+        "pool_reset_on_return": None,  # autocommit: nothing to roll back
+    }
+    if db.is_postgres:
+        return create_async_engine(db.url, **options)
+    if not db.url.database or db.url.database == ":memory:":
+        return None
+    engine = create_async_engine(db.url, connect_args={"timeout": 30}, **options)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The same durability as the rest of the store (WAL, synchronous=NORMAL).
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
 
 
 class AuditLog:
@@ -52,6 +95,7 @@ class AuditLog:
         self.retries = retries
         self.written = 0  # records stored by this process
         self.batches = 0  # INSERT transactions that stored them
+        self._own = _writer_engine(db)
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -96,11 +140,24 @@ class AuditLog:
         rows = [{"recorded": recorded, "body": body} for recorded, body, _ in batch]
         for attempt in range(self.retries + 1):
             try:
-                async with self.db.write() as conn:
-                    # PostgreSQL: writers of all processes take turns, so seq order is
-                    # commit order and the chainer never passes a row still uncommitted.
-                    await pg_lock(conn, INSERT_LOCK)
-                    await conn.execute(insert(audit_log), rows)
+                if self._own is not None and self.db.is_postgres:
+                    async with self._own.connect() as conn:
+                        await conn.execute(
+                            _PG_INSERT,
+                            {
+                                "lock": INSERT_LOCK,
+                                "recorded": [r["recorded"] for r in rows],
+                                "body": [r["body"] for r in rows],
+                            },
+                        )
+                elif self._own is not None:
+                    # SQLite: one multi-row INSERT in autocommit is one atomic transaction
+                    # and one hop to the driver's thread; SQLite serialises the writers.
+                    async with self._own.connect() as conn:
+                        await conn.execute(insert(audit_log).values(rows))
+                else:  # an in-memory database cannot be opened twice
+                    async with self.db.write() as conn:
+                        await conn.execute(insert(audit_log), rows)
                 break
             except (SQLAlchemyError, OSError) as exc:
                 if attempt == self.retries:
@@ -143,6 +200,8 @@ class AuditLog:
         self._wake.set()
         if self._writer is not None:
             await self._writer
+        if self._own is not None:
+            await self._own.dispose()
         if self._maintenance is not None:
             self._maintenance.cancel()
             try:
