@@ -330,3 +330,37 @@ async def test_resident_sees_their_family_doctor_and_team(demo_app: FastAPI) -> 
     assert f'data-testid="team-name">{team["name"]}<' in card
     phone = gp["telecom"][0]["value"]
     assert f'href="tel:{phone}"' in card
+
+
+async def test_editing_an_institution_keeps_its_site_in_step(
+    demo_app: FastAPI, admin: httpx.AsyncClient
+) -> None:
+    page = await admin.get("/admin/organizations/new")
+    form = {
+        "csrf": csrf_of(page.text),
+        "name": "河口村卫生室",
+        "kind": "village-clinic",
+        "level": "village",
+        "code": "VC-HK",
+        "address": "河口村1号",
+        "active": "true",
+    }
+    assert (await admin.post("/admin/organizations/new", data=form)).status_code == 303
+    org = (await fhir(demo_app, "Organization", identifier="urn:smartmed:org|VC-HK"))["entry"][0]
+    org_id = org["resource"]["id"]
+    edit = await admin.get(f"/admin/organizations/{org_id}")
+    assert 'value="河口村卫生室"' in edit.text and 'value="VC-HK"' in edit.text
+    changed = {**form, "name": "河口村卫生服务站", "address": "河口村2号", "active": ""}
+    r = await admin.post(f"/admin/organizations/{org_id}", data=changed)
+    assert r.status_code == 303
+    stored = await fhir(demo_app, f"Organization/{org_id}")
+    assert stored["name"] == "河口村卫生服务站" and stored["active"] is False
+    assert stored["meta"]["versionId"] == "2"
+    sites = await fhir(demo_app, "Location", organization=f"Organization/{org_id}")
+    assert sites["total"] == 1
+    site = sites["entry"][0]["resource"]
+    assert (site["name"], site["address"]["text"], site["status"]) == (
+        "河口村卫生服务站",
+        "河口村2号",
+        "inactive",
+    )

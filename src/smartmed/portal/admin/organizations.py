@@ -190,6 +190,34 @@ async def org_list(request: Request, *, department: bool, base: str, editable: b
     )
 
 
+async def _site(
+    request: Request, org_id: str | None, values: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The institution's main Location, made for a new institution and kept in step with
+    its name, address and status on every save."""
+    location: dict[str, Any] = {
+        "resourceType": "Location",
+        "mode": "instance",
+        "physicalType": codes.concept(
+            "http://terminology.hl7.org/CodeSystem/location-physical-type", "si", "Site"
+        ),
+        "managingOrganization": {"reference": "#0"},
+    }
+    if org_id is not None:
+        found = await fhirdata.search(
+            request, "Location", [("organization", f"Organization/{org_id}")], count=1
+        )
+        if found.items:
+            location = found.items[0]
+    location["name"] = values["name"]
+    location["status"] = "active" if values.get("active") == "true" else "inactive"
+    if values.get("address"):
+        location["address"] = {"use": "work", "text": values["address"]}
+    else:
+        location.pop("address", None)
+    return [location]
+
+
 def build_router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
     for department in (False, True):
@@ -270,20 +298,8 @@ def _routes(router: APIRouter, department: bool) -> None:
             return await _render_form(request, values, check.errors, org_id, 422)
         org = _build(values, department, existing)
         batch = [org]
-        if not department and existing is None:
-            location: dict[str, Any] = {
-                "resourceType": "Location",
-                "status": "active",
-                "mode": "instance",
-                "name": values["name"],
-                "physicalType": codes.concept(
-                    "http://terminology.hl7.org/CodeSystem/location-physical-type", "si", "Site"
-                ),
-                "managingOrganization": {"reference": "#0"},
-            }
-            if values.get("address"):
-                location["address"] = {"use": "work", "text": values["address"]}
-            batch.append(location)
+        if not department:
+            batch += await _site(request, org_id, values)
         await fhirdata.save(request, batch)
         flash(request, _("Saved: %(name)s") % {"name": values["name"]})
         from smartmed.portal.pages import see_other
