@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import pytest
+from aiosmtpd.controller import Controller
+from pydantic import SecretStr
+
+from smartmed.config import Settings
 from smartmed.fhir.context import FhirEngine
-from smartmed.notify import notify
-from tests.notify.conftest import Endpoints, communication, person, settle
+from smartmed.notify import PermanentFailure, TemporaryFailure, notify
+from smartmed.notify.channels.base import Message
+from smartmed.notify.channels.email import SmtpEmail
+from tests.notify.conftest import Endpoints, SmtpSink, communication, free_port, person, settle
 
 BP = {"patient": "张三", "systolic": 182, "diastolic": 110, "measured_at": "2026-11-22T01:30:00Z"}
 
@@ -67,3 +75,69 @@ async def test_email_in_english_for_an_english_speaker(
     )
     comm = await communication(engine, row)
     assert comm["subject"] == {"reference": recipient}
+
+
+class _Login:
+    """aiosmtpd authenticator accepting one user."""
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult
+
+        ok = auth.login == b"smartmed" and auth.password == b"mail-secret"
+        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 535 itself
+
+
+def _message(address: str) -> Message:
+    return Message(
+        notification_id=str(uuid.uuid4()),
+        idempotency_key="k",
+        recipient="Patient/1",
+        owner="Patient/1",
+        address=address,
+        template="bp-alert",
+        urgency="urgent",
+        locale="en",
+        subject="Subject",
+        body="Body",
+        sms="Body",
+    )
+
+
+# A test server without TLS must still ask for AUTH; aiosmtpd warns about exactly that.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+@pytest.mark.filterwarnings("ignore:Session.login_data is deprecated:DeprecationWarning")
+async def test_smtp_login_and_refusals() -> None:
+    sink = SmtpSink()
+    port = free_port()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=_Login(),
+        auth_require_tls=False,
+        auth_required=True,
+    )
+    controller.start()
+    try:
+        base = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_starttls": False}
+        good = SmtpEmail(
+            Settings(**base, smtp_user="smartmed", smtp_password=SecretStr("mail-secret"))
+        )
+        await good.send(_message("ok@example.org"))
+        [mail] = sink.to("ok@example.org")
+        assert (mail["Subject"], mail["Importance"]) == ("Subject", "high")
+
+        wrong = SmtpEmail(Settings(**base, smtp_user="smartmed", smtp_password=SecretStr("no")))
+        with pytest.raises(PermanentFailure) as caught:
+            await wrong.send(_message("no@example.org"))
+        assert str(caught.value).startswith("SMTP answered 535")
+        anonymous = SmtpEmail(Settings(**base))
+        with pytest.raises(PermanentFailure):  # 530 authentication required
+            await anonymous.send(_message("no@example.org"))
+        assert sink.to("no@example.org") == []
+    finally:
+        controller.stop()
+    down = SmtpEmail(Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False))
+    with pytest.raises(TemporaryFailure) as caught:
+        await down.send(_message("x@example.org"))
+    assert str(caught.value).startswith("SMTP unreachable")
