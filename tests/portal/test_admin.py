@@ -364,3 +364,22 @@ async def test_editing_an_institution_keeps_its_site_in_step(
         "河口村2号",
         "inactive",
     )
+
+
+async def test_a_write_the_engine_refuses_is_shown_on_the_form(
+    demo_app: FastAPI, admin: httpx.AsyncClient
+) -> None:
+    from smartmed.fhir.errors import Invalid
+
+    def no_refused_names(body: dict[str, object]) -> None:
+        if body.get("name") == "Refused Hospital":
+            raise Invalid("this name is reserved", expression="Organization.name")
+
+    demo_app.state.fhir.services.hooks.add_check("Organization", no_refused_names)
+    page = await admin.get("/admin/organizations/new")
+    form = {"csrf": csrf_of(page.text), "kind": "county-hospital", "level": "county"}
+    r = await admin.post("/admin/organizations/new", data={**form, "name": "Refused Hospital"})
+    assert r.status_code == 422
+    assert "The record could not be saved: this name is reserved" in r.text
+    assert 'value="Refused Hospital"' in r.text  # what was typed is kept
+    assert (await fhir(demo_app, "Organization", name="Refused Hospital"))["total"] == 0

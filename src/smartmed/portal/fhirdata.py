@@ -118,6 +118,11 @@ async def save(request: Request, resources: list[dict[str, Any]]) -> list[dict[s
     return stored_bodies
 
 
+def refusal(exc: FhirError) -> str:
+    """What the engine said when it refused a write (its OperationOutcome texts)."""
+    return "; ".join(issue.diagnostics for issue in exc.issues) or str(exc)
+
+
 def _resolve(value: Any, stored: list[dict[str, Any]]) -> Any:
     if isinstance(value, dict):
         ref = value.get("reference")
@@ -130,4 +135,4 @@ def _resolve(value: Any, stored: list[dict[str, Any]]) -> Any:
     return value
 
 
-__all__ = ["NotFound", "Page", "read", "save", "search", "search_all"]
+__all__ = ["FhirError", "NotFound", "Page", "read", "refusal", "save", "search", "search_all"]

@@ -120,3 +120,11 @@ class Validator:
         if parsed > date.today():
             self.error(field, self._("The date cannot be in the future."))
         return value
+
+
+def refused(gettext: Callable[[str], str], exc: Exception) -> str:
+    """The form-level message when the engine refuses a write."""
+    from smartmed.portal.fhirdata import FhirError, refusal
+
+    reason = refusal(exc) if isinstance(exc, FhirError) else str(exc)
+    return gettext("The record could not be saved: %(reason)s") % {"reason": reason}

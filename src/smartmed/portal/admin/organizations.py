@@ -17,7 +17,7 @@ from smartmed.portal.admin import codes
 from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
-from smartmed.portal.forms import Validator, form_data
+from smartmed.portal.forms import Validator, form_data, refused
 from smartmed.portal.nav import require
 from smartmed.portal.render import flash, gettext_for, render
 
@@ -300,7 +300,11 @@ def _routes(router: APIRouter, department: bool) -> None:
         batch = [org]
         if not department:
             batch += await _site(request, org_id, values)
-        await fhirdata.save(request, batch)
+        try:
+            await fhirdata.save(request, batch)
+        except fhirdata.FhirError as exc:
+            check.error("_form", refused(_, exc))
+            return await _render_form(request, values, check.errors, org_id, 422)
         flash(request, _("Saved: %(name)s") % {"name": values["name"]})
         from smartmed.portal.pages import see_other
 

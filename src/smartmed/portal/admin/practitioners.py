@@ -12,7 +12,7 @@ from smartmed.portal.admin import codes
 from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
-from smartmed.portal.forms import Validator, form_data
+from smartmed.portal.forms import Validator, form_data, refused
 from smartmed.portal.nav import require
 from smartmed.portal.render import flash, gettext_for, render
 
@@ -302,7 +302,11 @@ async def _submit(request: Request, pid: str | None) -> Response:
         role = await _first_role(request, pid)
     if not check:
         return await _form(request, values, check.errors, pid, 422)
-    await fhirdata.save(request, build_resources(values, practitioner, role))
+    try:
+        await fhirdata.save(request, build_resources(values, practitioner, role))
+    except fhirdata.FhirError as exc:
+        check.error("_form", refused(_, exc))
+        return await _form(request, values, check.errors, pid, 422)
     flash(request, _("Saved: %(name)s") % {"name": values["family"] + values["given"]})
     from smartmed.portal.pages import see_other
 

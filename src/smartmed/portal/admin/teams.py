@@ -13,7 +13,7 @@ from smartmed.portal.admin import codes
 from smartmed.portal.admin.fields import N_, Field
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
-from smartmed.portal.forms import Validator, form_data, form_lists
+from smartmed.portal.forms import Validator, form_data, form_lists, refused
 from smartmed.portal.nav import require
 from smartmed.portal.render import flash, gettext_for, render
 
@@ -243,7 +243,11 @@ async def _submit(request: Request, tid: str | None) -> Response:
             return _missing(request)
     if not check:
         return await _form(request, values, check.errors, tid, 422)
-    await fhirdata.save(request, [build_team(values, existing, members)])
+    try:
+        await fhirdata.save(request, [build_team(values, existing, members)])
+    except fhirdata.FhirError as exc:
+        check.error("_form", refused(_, exc))
+        return await _form(request, values, check.errors, tid, 422)
     flash(request, _("Saved: %(name)s") % {"name": values["name"]})
     from smartmed.portal.pages import see_other
 
