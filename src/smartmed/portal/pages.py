@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
@@ -31,7 +32,7 @@ from smartmed.portal.nav import ADMINS, entries_for, require
 from smartmed.portal.render import gettext_for, render
 from smartmed.portal.session import get_session
 
-log_name = "smartmed.portal"
+log = structlog.get_logger("smartmed.portal")
 
 
 def see_other(path: str) -> RedirectResponse:
@@ -167,7 +168,11 @@ def build_shell_router() -> APIRouter:
         if locale:
             session.set("lang", locale)
             if session.account is not None:
-                await store_language(request, session.account.fhir_user, locale)
+                try:
+                    await store_language(request, session.account.fhir_user, locale)
+                except fhirdata.FhirError:
+                    # The session keeps the choice; the record is left as it was.
+                    log.warning("language not stored on the account's record")
         return see_other(sso.safe_next(form.get("next")))
 
     @router.post("/role")

@@ -25,7 +25,7 @@ from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
 from smartmed.portal.admin.practitioners import build_resources, org_choices, validate
 from smartmed.portal.admin.scope import may_write, writable_orgs
-from smartmed.portal.forms import Validator, form_data, upload
+from smartmed.portal.forms import Validator, form_data, refused, upload
 from smartmed.portal.nav import require
 from smartmed.portal.render import flash, gettext_for, render
 
@@ -286,7 +286,17 @@ def build_router() -> APIRouter:
             practitioner, role = build_resources(item["values"], None, None)
             role["practitioner"]["reference"] = f"#{len(batch)}"
             batch += [practitioner, role]
-        await fhirdata.save(request, batch)
+        try:
+            await fhirdata.save(request, batch)
+        except fhirdata.FhirError as exc:
+            return render(
+                request,
+                "admin/import.html",
+                422,
+                checked=None,
+                columns=list(COLUMNS),
+                problem=refused(_, exc),
+            )
         flash(request, _("Imported %(n)d staff members.") % {"n": len(checked)})
         from smartmed.portal.pages import see_other
 
