@@ -34,7 +34,7 @@ from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Forbidden, NotFound, Unauthorized
 from smartmed.identity.principal import Principal, Role
 from smartmed.identity.service import get_identity
-from smartmed.notify import service
+from smartmed.notify import inbox, service
 from smartmed.notify.broker import broker
 from smartmed.notify.channels import CHANNELS
 from smartmed.notify.preferences import check_preferences, do_set_preferences, get_preferences
@@ -130,7 +130,7 @@ def build_notify_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["notifications"])
 
     @router.get("")
-    async def inbox(
+    async def my_inbox(
         request: Request,
         principal: Caller,
         unread: bool = False,
@@ -139,7 +139,7 @@ def build_notify_router() -> APIRouter:
     ) -> JSONResponse:
         owner = person(principal)
         async with _engine(request).db.read() as conn:
-            body = await service.list_inbox(
+            body = await inbox.list_inbox(
                 conn, owner, unread_only=unread, before=before, limit=limit
             )
         return JSONResponse(body, headers=_NO_STORE)
@@ -157,7 +157,7 @@ def build_notify_router() -> APIRouter:
             after = int(last.strip())
         if after is None:
             async with engine.db.read() as conn:
-                after = await service.last_seq(conn, owner)
+                after = await inbox.last_seq(conn, owner)
         return StreamingResponse(
             _events(engine, owner, after),
             media_type="text/event-stream",
@@ -168,7 +168,7 @@ def build_notify_router() -> APIRouter:
     async def read_all(request: Request, principal: Caller) -> JSONResponse:
         owner = person(principal)
         async with _engine(request).db.write() as conn:
-            changed = await service.do_mark_read(conn, owner, None)
+            changed = await inbox.do_mark_read(conn, owner, None)
         return JSONResponse({"updated": changed})
 
     @router.get("/preferences")
@@ -237,16 +237,16 @@ def build_notify_router() -> APIRouter:
     async def mark_read(request: Request, principal: Caller, notification_id: str) -> Response:
         owner = person(principal)
         async with _engine(request).db.write() as conn:
-            if not await service.is_in_inbox(conn, owner, notification_id):
+            if not await inbox.is_in_inbox(conn, owner, notification_id):
                 raise NotFound(f"no message {notification_id} in your inbox")
-            await service.do_mark_read(conn, owner, notification_id)
+            await inbox.do_mark_read(conn, owner, notification_id)
         return Response(status_code=204)
 
     return router
 
 
 def _event(row: Any) -> bytes:
-    data = orjson.dumps(service.inbox_item(row)).decode()
+    data = orjson.dumps(inbox.inbox_item(row)).decode()
     return f"id: {row.pk}\nevent: notification\ndata: {data}\n\n".encode()
 
 
@@ -270,7 +270,7 @@ async def _events(
             while loop.time() < ends:
                 wake.clear()  # before reading: a wake-up during the read is not lost
                 async with engine.db.read() as conn:
-                    rows = await service.inbox_after(conn, owner, after)
+                    rows = await inbox.inbox_after(conn, owner, after)
                 for row in rows:
                     yield _event(row)
                     after = row.pk

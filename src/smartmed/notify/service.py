@@ -1,4 +1,4 @@
-"""Notifications: the one entry point :func:`notify`, the inbox and the staff list.
+"""Notifications: the one entry point :func:`notify`, and the staff reads and follow-up.
 
 ``notify`` checks its input, resolves the recipient, renders the template in their
 language, plans the channels, records the notification and its FHIR Communication and
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,7 +33,7 @@ from smartmed.notify.communication import new_communication, not_done, update_co
 from smartmed.notify.errors import UnknownChannel, UnusableData
 from smartmed.notify.preferences import Preferences, get_preferences, quiet_until
 from smartmed.notify.recipients import Contact, resolve
-from smartmed.notify.tables import KEY_LEN, notification, notify_attempt, notify_inbox
+from smartmed.notify.tables import KEY_LEN, notification, notify_attempt
 from smartmed.notify.tasks import schedule_step
 from smartmed.notify.templates import check_template, render
 
@@ -233,79 +233,7 @@ async def _by_key(conn: AsyncConnection, key: str) -> str | None:
     return str(found) if found is not None else None
 
 
-# -- reads for the API ---------------------------------------------------------------
-
-
-def _instant(value: Any) -> str | None:
-    return fhir_instant(value) if value is not None else None
-
-
-def inbox_item(row: Any) -> dict[str, Any]:
-    """An inbox row as the API and the stream show it."""
-    return {
-        "id": row.notification_id,
-        "seq": row.pk,
-        "recipient": row.recipient,
-        "template": row.template,
-        "urgency": row.urgency,
-        "subject": row.subject,
-        "body": row.body,
-        "created": _instant(row.created_at),
-        "read": _instant(row.read_at),
-    }
-
-
-async def list_inbox(
-    conn: AsyncConnection,
-    owner: str,
-    *,
-    unread_only: bool = False,
-    before: int | None = None,
-    limit: int = 50,
-) -> dict[str, Any]:
-    """``owner``'s inbox, newest first, and how many messages are unread."""
-    t = notify_inbox.c
-    stmt = select(notify_inbox).where(t.owner == owner).order_by(t.pk.desc()).limit(limit)
-    if unread_only:
-        stmt = stmt.where(t.read_at.is_(None))
-    if before is not None:
-        stmt = stmt.where(t.pk < before)
-    rows = (await conn.execute(stmt)).all()
-    unread = await conn.scalar(
-        select(func.count()).select_from(notify_inbox).where(t.owner == owner, t.read_at.is_(None))
-    )
-    return {"items": [inbox_item(r) for r in rows], "unread": int(unread or 0)}
-
-
-async def inbox_after(conn: AsyncConnection, owner: str, after: int, limit: int = 100) -> list[Any]:
-    """``owner``'s inbox rows after sequence number ``after``, oldest first."""
-    t = notify_inbox.c
-    stmt = select(notify_inbox).where(t.owner == owner, t.pk > after).order_by(t.pk).limit(limit)
-    return list((await conn.execute(stmt)).all())
-
-
-async def last_seq(conn: AsyncConnection, owner: str) -> int:
-    """The newest inbox sequence number of ``owner`` (0 when empty)."""
-    t = notify_inbox.c
-    return int(await conn.scalar(select(func.max(t.pk)).where(t.owner == owner)) or 0)
-
-
-async def do_mark_read(conn: AsyncConnection, owner: str, notification_id: str | None) -> int:
-    """Mark one message (or, with None, all) of ``owner`` read; how many changed."""
-    t = notify_inbox.c
-    stmt = update(notify_inbox).where(t.owner == owner, t.read_at.is_(None))
-    if notification_id is not None:
-        stmt = stmt.where(t.notification_id == notification_id)
-    result = await conn.execute(stmt.values(read_at=utcnow()))
-    return int(result.rowcount or 0)
-
-
-async def is_in_inbox(conn: AsyncConnection, owner: str, notification_id: str) -> bool:
-    t = notify_inbox.c
-    found = await conn.scalar(
-        select(t.pk).where(t.owner == owner, t.notification_id == notification_id)
-    )
-    return found is not None
+# -- staff reads and follow-up ---------------------------------------------------------
 
 
 async def get_notification(conn: AsyncConnection, notification_id: str) -> dict[str, Any] | None:
@@ -322,6 +250,10 @@ async def get_notification(conn: AsyncConnection, notification_id: str) -> dict[
         )
     ).all()
     return _public(row, attempts)
+
+
+def _instant(value: Any) -> str | None:
+    return fhir_instant(value) if value is not None else None
 
 
 def _public(row: Any, attempts: Sequence[Any] = ()) -> dict[str, Any]:
