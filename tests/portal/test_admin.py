@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from html import unescape
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -383,3 +384,38 @@ async def test_a_write_the_engine_refuses_is_shown_on_the_form(
     assert "The record could not be saved: this name is reserved" in r.text
     assert 'value="Refused Hospital"' in r.text  # what was typed is kept
     assert (await fhir(demo_app, "Organization", name="Refused Hospital"))["total"] == 0
+
+
+async def test_a_concurrent_change_is_not_overwritten(
+    demo_app: FastAPI, admin: httpx.AsyncClient
+) -> None:
+    page = await admin.get("/admin/organizations/new")
+    form = {
+        "csrf": csrf_of(page.text),
+        "name": "并发测试药店",
+        "kind": "pharmacy",
+        "level": "county",
+        "code": "PH-CC",
+        "active": "true",
+    }
+    assert (await admin.post("/admin/organizations/new", data=form)).status_code == 303
+    org = (await fhir(demo_app, "Organization", identifier="urn:smartmed:org|PH-CC"))["entry"][0]
+    org_id = org["resource"]["id"]
+    edit = await admin.get(f"/admin/organizations/{org_id}")
+    assert 'name="version" value="1"' in edit.text
+    # Someone else changes it through the FHIR API meanwhile.
+    changed = {**org["resource"], "name": "并发测试药店（已改名）"}
+    async with browser(demo_app) as api:
+        r = await api.put(
+            f"/fhir/R4/Organization/{org_id}",
+            content=orjson.dumps(changed),
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        assert r.status_code == 200
+    r = await admin.post(
+        f"/admin/organizations/{org_id}", data={**form, "name": "我的改动", "version": "1"}
+    )
+    assert r.status_code == 422
+    assert "The record could not be saved" in r.text and "version 1" in r.text
+    stored = await fhir(demo_app, f"Organization/{org_id}")
+    assert stored["name"] == "并发测试药店（已改名）" and stored["meta"]["versionId"] == "2"

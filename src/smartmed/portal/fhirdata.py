@@ -97,20 +97,27 @@ async def read(request: Request, type_: str, id_: str) -> dict[str, Any] | None:
     return resource
 
 
-async def save(request: Request, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def save(
+    request: Request, resources: list[dict[str, Any]], *, if_match: int | None = None
+) -> list[dict[str, Any]]:
     """Create (no ``id``) or update each resource, all in one transaction; stored bodies.
 
     A resource may reference an earlier one of the list as ``{"reference": "#n"}`` with
-    ``n`` its position: the reference is rewritten to the stored id.
+    ``n`` its position: the reference is rewritten to the stored id. ``if_match`` is the
+    version the first resource must still have (the one the form was opened on): a
+    concurrent change is refused rather than overwritten.
     """
     engine = engine_of(request)
     stored_bodies: list[dict[str, Any]] = []
     async with engine.db.write() as conn:
         repo = engine.repository(conn)
-        for body in resources:
+        for position, body in enumerate(resources):
             body = _resolve(body, stored_bodies)
             if body.get("id"):
-                result = await repo.update(body["resourceType"], body["id"], body)
+                expected = if_match if position == 0 else None
+                result = await repo.update(
+                    body["resourceType"], body["id"], body, if_match=expected
+                )
                 stored = result.stored
             else:
                 stored = await repo.create(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +22,9 @@ class Field:
 def N_(text: str) -> str:  # noqa: N802 - the gettext convention for "mark, translate later"
     """Marks a message id for extraction; the template translates it."""
     return text
+
+
+def version(values: dict[str, Any]) -> int | None:
+    """The version an edit form was opened on (its hidden ``version`` field), if any."""
+    raw = str(values.get("version", ""))
+    return int(raw) if raw.isdigit() else None

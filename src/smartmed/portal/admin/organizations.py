@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
 from smartmed.portal.admin.fields import N_, Field
+from smartmed.portal.admin.fields import version as _version
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data, refused
@@ -79,6 +80,7 @@ def _values(org: dict[str, Any]) -> dict[str, Any]:
         "",
     )
     return {
+        "version": str((org.get("meta") or {}).get("versionId", "")),
         "name": org.get("name", ""),
         "kind": codes.org_kind(org) or "",
         "level": codes.code_in(org.get("type"), codes.ORG_LEVEL_SYSTEM) or "",
@@ -301,7 +303,7 @@ def _routes(router: APIRouter, department: bool) -> None:
         if not department:
             batch += await _site(request, org_id, values)
         try:
-            await fhirdata.save(request, batch)
+            await fhirdata.save(request, batch, if_match=_version(values))
         except fhirdata.FhirError as exc:
             check.error("_form", refused(_, exc))
             return await _render_form(request, values, check.errors, org_id, 422)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
 from smartmed.portal.admin.fields import N_, Field
+from smartmed.portal.admin.fields import version as _version
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data, refused
@@ -131,6 +132,7 @@ def _values(practitioner: dict[str, Any], role: dict[str, Any] | None) -> dict[s
             if coding.get("code") in codes.SPECIALTIES:
                 specialty = coding["code"]
     return {
+        "version": str((practitioner.get("meta") or {}).get("versionId", "")),
         "family": name.get("family", ""),
         "given": "".join(name.get("given") or []),
         "gender": practitioner.get("gender", ""),
@@ -303,7 +305,9 @@ async def _submit(request: Request, pid: str | None) -> Response:
     if not check:
         return await _form(request, values, check.errors, pid, 422)
     try:
-        await fhirdata.save(request, build_resources(values, practitioner, role))
+        await fhirdata.save(
+            request, build_resources(values, practitioner, role), if_match=_version(values)
+        )
     except fhirdata.FhirError as exc:
         check.error("_form", refused(_, exc))
         return await _form(request, values, check.errors, pid, 422)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from smartmed.portal import fhirdata
 from smartmed.portal.admin import codes
 from smartmed.portal.admin.fields import N_, Field
+from smartmed.portal.admin.fields import version as _version
 from smartmed.portal.admin.listing import ListQuery
 from smartmed.portal.admin.scope import may_write, writable_orgs
 from smartmed.portal.forms import Validator, form_data, form_lists, refused
@@ -65,6 +66,7 @@ def fields(orgs: list[tuple[str, str]], members: list[tuple[str, str]]) -> list[
 
 def _values(team: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {
+        "version": str((team.get("meta") or {}).get("versionId", "")),
         "name": team.get("name", ""),
         "status": team.get("status", "active"),
         "organization": next(
@@ -244,7 +246,9 @@ async def _submit(request: Request, tid: str | None) -> Response:
     if not check:
         return await _form(request, values, check.errors, tid, 422)
     try:
-        await fhirdata.save(request, [build_team(values, existing, members)])
+        await fhirdata.save(
+            request, [build_team(values, existing, members)], if_match=_version(values)
+        )
     except fhirdata.FhirError as exc:
         check.error("_form", refused(_, exc))
         return await _form(request, values, check.errors, tid, 422)
