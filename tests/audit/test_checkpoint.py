@@ -149,3 +149,31 @@ async def test_no_checkpoint_of_an_empty_or_broken_chain(
     assert broken.exit_code == 1
     assert "refusing to sign a broken chain: chain broken at seq 2: removed" in broken.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+async def test_a_checkpoint_older_than_retention(
+    engine: FhirEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from smartmed.audit.retention import prune
+
+    await seed(engine, 3, days_ago=400)
+    await _checkpoint(engine, monkeypatch, tmp_path / "at3.jws")
+    await seed(engine, 2, days_ago=400, start=4)
+    await _checkpoint(engine, monkeypatch, tmp_path / "at5.jws")
+    await seed(engine, 2, start=6)
+    assert (await prune(engine, retention_days=365)).anchor_seq == 5
+    # The anchor is the checkpoint's record: still proven.
+    at5 = await cli(
+        engine, monkeypatch, "audit", "verify", "--checkpoint", str(tmp_path / "at5.jws")
+    )
+    assert at5.exit_code == 0, at5.output
+    assert at5.output.strip() == (
+        "2 records, chain intact up to seq 7 (from the retention anchor at seq 5); "
+        "checkpoint at seq 5 verified"
+    )
+    # Record 3 is gone and no anchor names it: cannot be proven either way.
+    at3 = await cli(
+        engine, monkeypatch, "audit", "verify", "--checkpoint", str(tmp_path / "at3.jws")
+    )
+    assert at3.exit_code == 1
+    assert at3.output.startswith("chain broken at seq 3: unprovable")

@@ -135,3 +135,35 @@ async def test_the_database_refuses_changes_and_deletions(engine: FhirEngine) ->
             await raw(engine, "TRUNCATE audit_log", guards_off=False)
     assert len(await rows(engine)) == 3
     assert (await verify(engine.db)).summary() == "3 records, chain intact up to seq 3"
+
+
+async def test_records_chained_while_verify_reads_are_not_mistaken_for_tampering(
+    engine: FhirEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smartmed.audit import verify as verify_module
+    from smartmed.audit.chain import chain_pending
+
+    await seed(engine, 2)
+    audit = AuditLog(engine.db)
+    for n in range(3, 7):
+        await audit.record(rec(n))
+    await audit.close()
+    monkeypatch.setattr(verify_module, "_BATCH", 3)
+    real_rows = verify_module._rows
+    calls = 0
+
+    async def rows_then_chain(conn, after):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        found = await real_rows(conn, after)
+        if calls == 1:  # the chainer links 3..6 between the verifier's reads
+            await chain_pending(engine.db)
+        return found
+
+    monkeypatch.setattr(verify_module, "_rows", rows_then_chain)
+    report = await verify(engine.db)
+    assert report.ok, report.summary()
+    if engine.db.is_postgres:  # reads in autocommit: the second read sees the new links
+        assert report.summary() == "6 records, chain intact up to seq 6"
+    else:  # one read transaction: a snapshot from before the chainer ran
+        assert report.summary() == "2 records, chain intact up to seq 2; 4 records not chained yet"

@@ -112,3 +112,27 @@ async def test_an_unwritable_database_fails_the_caller(
         await asyncio.wait_for(audit.record(rec(1)), 10)
     await audit.close()
     await bare.db.dispose()
+
+
+async def test_several_writers_at_once_keep_seq_order_equal_to_commit_order(
+    engine: FhirEngine,
+) -> None:
+    # Several AuditLogs stand for several app processes, each with its own connection;
+    # the chainer runs meanwhile. No record may be committed below a chained one.
+    logs = [AuditLog(engine.db) for _ in range(4)]
+    stop = asyncio.Event()
+
+    async def chain_until_stopped() -> None:
+        while not stop.is_set():
+            await chain_pending(engine.db)
+            await asyncio.sleep(0)
+
+    chainer = asyncio.ensure_future(chain_until_stopped())
+    await asyncio.gather(*(log.record(rec(n)) for n in range(100) for log in logs))
+    stop.set()
+    await chainer
+    await chain_pending(engine.db)
+    report = await verify(engine.db)
+    assert report.summary() == "400 records, chain intact up to seq 400"
+    for log in logs:
+        await log.close()

@@ -36,7 +36,7 @@ async def _set_mark(conn: AsyncConnection, old: int | None, new: int) -> None:
         await conn.execute(update(audit_state).where(audit_state.c.name == MARK).values(value=new))
 
 
-async def materialise(engine: FhirEngine, *, site: str, batch: int = 500) -> int:
+async def materialise(engine: FhirEngine, *, site: str, batch: int = 200) -> int:
     """Store AuditEvents for chained records not materialised yet; how many were stored."""
     total = 0
     while True:

@@ -96,41 +96,52 @@ async def verify(db: Database, *, checkpoint: tuple[int, str] | None = None) -> 
         start_seq, start_hash = await anchor(conn)
         if checkpoint is not None and checkpoint[0] <= start_seq:
             return await _pruned_checkpoint(conn, checkpoint, start_seq, start_hash)
-        prev_seq, prev_hash = start_seq, start_hash
-        records = pending = 0
-        first_pending: int | None = None
-        seen_checkpoint = False
-        after = start_seq
-        while rows := await _rows(conn, after):
-            after = rows[-1].seq
-            for i, row in enumerate(rows):
-                if row.hash is None:
-                    pending += 1
-                    first_pending = first_pending if first_pending is not None else row.seq
-                    continue
-                if first_pending is not None:
-                    problem = Problem(
-                        first_pending,
-                        "altered",
-                        f"record {first_pending} has no chain hash but later records are "
-                        "chained (its hash was removed)",
-                    )
-                    return Report(records, start_seq, prev_seq, prev_hash, pending, problem)
-                if (
-                    row.prev_seq == prev_seq
-                    and link_hash(prev_hash, row.seq, prev_seq, row.body) == row.hash
-                ):
-                    records += 1
-                    prev_seq, prev_hash = row.seq, row.hash
-                    if checkpoint is not None and row.seq >= checkpoint[0] and not seen_checkpoint:
-                        seen_checkpoint = True
-                        bad = _checkpoint_problem(row, checkpoint)
-                        if bad is not None:
-                            return Report(records, start_seq, prev_seq, prev_hash, pending, bad)
-                    continue
-                ahead = rows[i + 1 :] + await _rows(conn, after)
-                problem = _classify(row, prev_seq, prev_hash, ahead)
+        return await _walk(conn, start_seq, start_hash, checkpoint)
+
+
+async def _walk(
+    conn: AsyncConnection, start_seq: int, start_hash: str, checkpoint: tuple[int, str] | None
+) -> Report:
+    prev_seq, prev_hash = start_seq, start_hash
+    records = pending = 0
+    first_pending: int | None = None
+    reread_from: int | None = None
+    seen_checkpoint = False
+    after = start_seq
+    while rows := await _rows(conn, after):
+        after = rows[-1].seq
+        for i, row in enumerate(rows):
+            if row.hash is None:
+                pending += 1
+                first_pending = first_pending if first_pending is not None else row.seq
+                continue
+            if first_pending is not None:
+                if reread_from != first_pending:
+                    # The chainer may have linked it since our earlier read: look again.
+                    reread_from, after = first_pending, first_pending - 1
+                    pending, first_pending = 0, None
+                    break
+                problem = Problem(
+                    first_pending,
+                    "altered",
+                    f"record {first_pending} has no chain hash but later records are "
+                    "chained (its hash was removed)",
+                )
                 return Report(records, start_seq, prev_seq, prev_hash, pending, problem)
+            if row.prev_seq == prev_seq and (
+                link_hash(prev_hash, row.seq, prev_seq, row.body) == row.hash
+            ):
+                records += 1
+                prev_seq, prev_hash = row.seq, row.hash
+                if checkpoint is not None and row.seq >= checkpoint[0] and not seen_checkpoint:
+                    seen_checkpoint = True
+                    bad = _checkpoint_problem(row, checkpoint)
+                    if bad is not None:
+                        return Report(records, start_seq, prev_seq, prev_hash, pending, bad)
+                continue
+            ahead = rows[i + 1 :] + await _rows(conn, after)
+            problem = _classify(row, prev_seq, prev_hash, ahead)
+            return Report(records, start_seq, prev_seq, prev_hash, pending, problem)
     if checkpoint is not None and not seen_checkpoint:
         problem = Problem(
             checkpoint[0],
@@ -173,9 +184,17 @@ async def _pruned_checkpoint(
 ) -> Report:
     seq, digest = checkpoint
     found = await conn.scalar(select(audit_anchor.c.hash).where(audit_anchor.c.seq == seq))
-    rest = await verify_from(conn, start_seq, start_hash)
+    rest = await _walk(conn, start_seq, start_hash, None)
     if found is not None and found == digest:
-        return rest
+        return Report(
+            rest.records,
+            rest.start_seq,
+            rest.head_seq,
+            rest.head_hash,
+            rest.pending,
+            rest.problem,
+            checkpoint_seq=seq if rest.problem is None else None,
+        )
     problem = Problem(
         seq,
         "unprovable",
@@ -183,28 +202,6 @@ async def _pruned_checkpoint(
         "and no retention anchor matches it",
     )
     return Report(rest.records, start_seq, rest.head_seq, rest.head_hash, rest.pending, problem)
-
-
-async def verify_from(conn: AsyncConnection, start_seq: int, start_hash: str) -> Report:
-    """Verification without a checkpoint on an open connection (used for pruned checkpoints)."""
-    prev_seq, prev_hash = start_seq, start_hash
-    records = pending = 0
-    after = start_seq
-    while rows := await _rows(conn, after):
-        after = rows[-1].seq
-        for i, row in enumerate(rows):
-            if row.hash is None:
-                pending += 1
-                continue
-            if row.prev_seq == prev_seq and (
-                link_hash(prev_hash, row.seq, prev_seq, row.body) == row.hash
-            ):
-                records += 1
-                prev_seq, prev_hash = row.seq, row.hash
-                continue
-            problem = _classify(row, prev_seq, prev_hash, rows[i + 1 :])
-            return Report(records, start_seq, prev_seq, prev_hash, pending, problem)
-    return Report(records, start_seq, prev_seq, prev_hash, pending)
 
 
 def _classify(row: _Row, prev_seq: int, prev_hash: str, ahead: list[_Row]) -> Problem:
