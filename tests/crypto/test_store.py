@@ -23,6 +23,7 @@ from tests.crypto.conftest import (
     raw_rows,
     running,
     settings_for,
+    without_audit,
 )
 
 ID_1 = make_id_number("110105", date(1949, 12, 31), 2)
@@ -94,8 +95,8 @@ async def test_raw_store_holds_no_plaintext_after_create_and_update(
         rows = await raw_rows(fresh_url)
         # then: no table holds any of the values, yet every row count is what was written
         assert leaks(rows, SECRETS) == []
-        assert len(rows["resource"]) == 5
-        assert len(rows["resource_history"]) == 6
+        assert len(without_audit(rows["resource"])) == 5
+        assert len(without_audit(rows["resource_history"])) == 6
         assert sum("enc:v1:k1:" in r for r in rows["resource"]) == 5
         assert len(rows["idempotency_key"]) == 1
         assert "enc:v1:k1:" in rows["idempotency_key"][0]
@@ -197,7 +198,9 @@ async def test_reindex_keeps_the_blind_index(fresh_url: str) -> None:
         # then: the same rows, still without plaintext, and search still works
         assert result.resources == 1
         after = await raw_rows(fresh_url, ("idx_token", "idx_text"))
-        assert sorted(after["idx_token"]) == sorted(before["idx_token"])
+        assert sorted(without_audit(after["idx_token"])) == sorted(
+            without_audit(before["idx_token"])
+        )
         assert leaks(after, SECRETS) == []
         assert await _ids(client, f"Patient?identifier={RESIDENT}|{ID_1}") == [pid]
         assert await _ids(client, f"Patient?phone={PHONE_1}") == [pid]
