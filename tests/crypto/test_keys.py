@@ -289,3 +289,41 @@ def test_keys_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert [line.split()[0] for line in listed.output.splitlines()] == ["b1", "k1", "k2"]
     finally:
         get_settings.cache_clear()
+
+
+async def test_processes_starting_together_agree_on_one_set_of_keys(fresh_url: str) -> None:
+    from smartmed.crypto import policy_from_settings
+    from smartmed.crypto.ciphers import suite
+    from smartmed.crypto.keys import kek_from_settings
+    from smartmed.crypto.protector import CryptoProtector
+    from smartmed.fhir.storage.database import Database
+    from smartmed.fhir.storage.migrate import migrate
+
+    # given: a migrated database without keys, and three "processes" about to use it
+    settings = settings_for(fresh_url)
+    dbs = [Database(fresh_url) for _ in range(3)]
+    await migrate(dbs[0])
+    protectors = [
+        CryptoProtector(
+            kek=kek_from_settings(settings),
+            algorithm=suite(settings.encryption_algorithm),
+            policy=policy_from_settings(settings),
+            url=fresh_url,
+        )
+        for _ in dbs
+    ]
+    try:
+        # when: all three make the first keys at the same moment
+        pairs = zip(protectors, dbs, strict=True)
+        await asyncio.gather(*(p.load(db, create=True) for p, db in pairs))
+        # then: one blind key and one data key, the same in every process
+        assert await _keys(fresh_url) == [
+            ("b1", "blind", "AES-256-GCM", "active"),
+            ("k1", "data", "AES-256-GCM", "active"),
+        ]
+        assert len({p.blind("13812345678") for p in protectors}) == 1
+        sealed = protectors[0].seal_value("110105194912310021")
+        assert [p.reveal_text(sealed) for p in protectors] == ["110105194912310021"] * 3
+    finally:
+        for db in dbs:
+            await db.dispose()
