@@ -259,3 +259,19 @@ async def test_resident_pages_are_phone_first(portal_app: FastAPI) -> None:
         home = await login(c, resident)
     assert '<body class="resident"' in home.text
     assert 'class="tabbar' in home.text and 'id="sidebar"' not in home.text
+
+
+async def test_other_modules_apis_use_the_portal_session(portal_app: FastAPI) -> None:
+    admin = await make_user(portal_app, (Role.PLATFORM_ADMIN, None))
+    nurse = await make_user(portal_app, (Role.NURSE, None), fhir_user="Practitioner/n1")
+    async with browser(portal_app) as anonymous:
+        assert (await anonymous.get("/api/admin/jobs")).status_code == 401
+        assert (await anonymous.get("/api/notifications")).status_code == 401
+    async with browser(portal_app) as c:
+        await login(c, admin)
+        assert (await c.get("/api/admin/jobs")).status_code == 200
+    async with browser(portal_app) as c:
+        await login(c, nurse)
+        assert (await c.get("/api/admin/jobs")).status_code == 403
+        inbox = await c.get("/api/notifications")
+        assert inbox.status_code == 200, inbox.text
