@@ -32,8 +32,10 @@ from tests.crypto.conftest import (
 
 ID_1 = make_id_number("110105", date(1949, 12, 31), 2)
 ID_2 = make_id_number("510104", date(1975, 3, 21), 44)
-PHONE_1, PHONE_2 = "13812345678", "17711112222"
-SECRETS = [ID_1, ID_2, PHONE_1, PHONE_2]
+ID_3 = make_id_number("420106", date(1968, 8, 8), 77)
+PHONE_1, PHONE_2, PHONE_3 = "13812345678", "17711112222", "18900001234"
+SECRETS = [ID_1, ID_2, ID_3, PHONE_1, PHONE_2, PHONE_3]
+ONCE = {"Idempotency-Key": "rotate-1"}
 
 
 async def _create(client: httpx.AsyncClient, body: dict[str, object]) -> str:
@@ -92,15 +94,21 @@ async def test_rotate_reencrypts_everything_and_keeps_it_searchable(fresh_url: s
         p2 = await _create(client, patient(ID_2, PHONE_2))
         body = (await client.get(f"Patient/{p1}")).json() | {"gender": "other"}
         assert (await client.put(f"Patient/{p1}", content=orjson.dumps(body))).status_code == 200
-        before = await raw_rows(fresh_url, ("resource", "resource_history"))
-        assert _kids(before["resource"] + before["resource_history"]) == {"k1"}
+        saved = await client.post(
+            "Patient", content=orjson.dumps(patient(ID_3, PHONE_3)), headers=ONCE
+        )
+        assert saved.status_code == 201
+        before = await raw_rows(fresh_url, ("resource", "resource_history", "idempotency_key"))
+        assert _kids(sum(before.values(), [])) == {"k1"}
         # when: the keys are rotated in batches of one row
         result = await rotate(engine_of(app), batch_size=1)
         # then: a new active key sealed every stored value; the old one is retired
         assert result.key == "k2"
-        assert result.rewritten == {"resource": 2, "resource_history": 3, "idempotency_key": 0}
-        after = await raw_rows(fresh_url, ("resource", "resource_history", "idx_token"))
-        assert _kids(after["resource"] + after["resource_history"]) == {"k2"}
+        assert result.rewritten == {"resource": 3, "resource_history": 4, "idempotency_key": 1}
+        after = await raw_rows(
+            fresh_url, ("resource", "resource_history", "idempotency_key", "idx_token")
+        )
+        assert _kids(sum(after.values(), [])) == {"k2"}
         assert leaks(after, SECRETS) == []
         assert await _keys(fresh_url) == [
             ("b1", "blind", "AES-256-GCM", "active"),
@@ -110,10 +118,14 @@ async def test_rotate_reencrypts_everything_and_keeps_it_searchable(fresh_url: s
         await _readable(client, p1, ID_1, PHONE_1)
         await _readable(client, p2, ID_2, PHONE_2)
         assert (await client.get(f"Patient/{p1}/_history/1")).json()["gender"] == "male"
-        # a second run finds nothing left to do
+        replay = await client.post(
+            "Patient", content=orjson.dumps(patient(ID_3, PHONE_3)), headers=ONCE
+        )
+        assert replay.json() == saved.json()  # the saved response, re-sealed, reads the same
+        # a second rotation, then a reseal that finds nothing left to do
         again = await rotate(engine_of(app))
         assert again.key == "k3"
-        assert again.rewritten["resource"] == 2
+        assert again.rewritten["resource"] == 3
         idle = await reseal(engine_of(app))
         assert idle.rewritten == {"resource": 0, "resource_history": 0, "idempotency_key": 0}
     # and a restarted process reads and searches all of it
