@@ -374,3 +374,23 @@ def test_each_role_sees_its_home(
     shot(page, f"home-{username}")
     watch.check()
     context.close()
+
+
+def test_language_can_be_changed_from_the_keyboard(live: Live, chromium: Any) -> None:
+    context = chromium.new_context(locale="en", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    page.goto(live.base + "/")
+    select = page.get_by_label("Language")
+    select.focus()
+    page.keyboard.press("ArrowUp")  # English -> 中文: nothing is submitted yet
+    page.wait_for_timeout(300)
+    assert page.locator("html").get_attribute("lang") == "en"
+    page.keyboard.press("Tab")
+    button = page.get_by_role("button", name="Change language")
+    expect(button).to_be_focused()
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="居民、家庭医生和医疗卫生机构的统一门户").wait_for()
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    watch.check()
+    context.close()

@@ -11,13 +11,18 @@ document.addEventListener("alpine:init", () => {
 });
 
 function autosubmit(root) {
-  // A language or role <select> submits its form on change; its button stays for
-  // keyboard and no-JavaScript users, hidden when scripts run.
-  root.querySelectorAll(".js-hide").forEach((el) => el.classList.add("visually-hidden"));
+  // A language or role <select> submits its form when picked with a pointer. From the
+  // keyboard, arrow keys change the value at once, so nothing happens until the person
+  // moves on to the form's button (hidden until it has focus; WCAG 3.2.2 On Input).
+  root.querySelectorAll(".js-hide").forEach((el) => el.classList.add("visually-hidden-focusable"));
   root.querySelectorAll("select[data-autosubmit]").forEach((select) => {
     if (select.dataset.bound) return;
     select.dataset.bound = "1";
-    select.addEventListener("change", () => select.form.requestSubmit());
+    select.addEventListener("keydown", () => { select.dataset.keyboard = "1"; });
+    select.addEventListener("pointerdown", () => { delete select.dataset.keyboard; });
+    select.addEventListener("change", () => {
+      if (!select.dataset.keyboard) select.form.requestSubmit();
+    });
   });
 }
 
