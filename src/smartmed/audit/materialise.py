@@ -8,6 +8,7 @@ chained record is materialised exactly once. The resources serve search
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -36,9 +37,15 @@ async def _set_mark(conn: AsyncConnection, old: int | None, new: int) -> None:
         await conn.execute(update(audit_state).where(audit_state.c.name == MARK).values(value=new))
 
 
-async def materialise(engine: FhirEngine, *, site: str, batch: int = 200) -> int:
-    """Store AuditEvents for chained records not materialised yet; how many were stored."""
+async def materialise(
+    engine: FhirEngine, *, site: str, batch: int = 200, budget: float | None = None
+) -> int:
+    """Store AuditEvents for chained records not materialised yet; how many were stored.
+
+    With ``budget`` (seconds) it stops after the batch that used it up; the rest waits.
+    """
     total = 0
+    started = time.monotonic()
     while True:
         async with engine.db.write() as conn:
             await pg_lock(conn, MATERIALISE_LOCK)
@@ -79,4 +86,6 @@ async def materialise(engine: FhirEngine, *, site: str, batch: int = 200) -> int
             await _set_mark(conn, mark, int(rows[-1].seq))
         total += len(rows)
         if len(rows) < batch:
+            return total
+        if budget is not None and time.monotonic() - started >= budget:
             return total

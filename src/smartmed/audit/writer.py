@@ -96,6 +96,8 @@ class AuditLog:
         self.written = 0  # records stored by this process
         self.batches = 0  # INSERT transactions that stored them
         self._own = _writer_engine(db)
+        # Database serialises this process's SQLite writers with an asyncio lock.
+        self._sqlite_turn: asyncio.Lock = getattr(db, "_write_lock", None) or asyncio.Lock()
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -152,8 +154,10 @@ class AuditLog:
                         )
                 elif self._own is not None:
                     # SQLite: one multi-row INSERT in autocommit is one atomic transaction
-                    # and one hop to the driver's thread; SQLite serialises the writers.
-                    async with self._own.connect() as conn:
+                    # and one hop to the driver's thread. It queues on the engine's writer
+                    # lock like every writer of this process (instead of SQLite's busy
+                    # handler, which sleeps up to 100 ms between tries).
+                    async with self._sqlite_turn, self._own.connect() as conn:
                         await conn.execute(insert(audit_log).values(rows))
                 else:  # an in-memory database cannot be opened twice
                     async with self.db.write() as conn:
