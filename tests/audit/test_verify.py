@@ -167,3 +167,13 @@ async def test_records_chained_while_verify_reads_are_not_mistaken_for_tampering
         assert report.summary() == "6 records, chain intact up to seq 6"
     else:  # one read transaction: a snapshot from before the chainer ran
         assert report.summary() == "2 records, chain intact up to seq 2; 4 records not chained yet"
+
+
+async def test_a_backdated_time_column_is_detected(engine: FhirEngine) -> None:
+    # Retention pruning goes by the time column: making records look old must not pass.
+    await seed(engine, 4)
+    await raw(engine, "UPDATE audit_log SET recorded = '2020-01-01 00:00:00' WHERE seq = 3")
+    report = await verify(engine.db)
+    assert report.problem is not None
+    assert (report.problem.seq, report.problem.kind) == (3, "altered")
+    assert "time column of record 3 (2020-01-01T00:00:00.000000Z)" in report.problem.message

@@ -16,6 +16,7 @@ Records not chained yet are reported as pending, not as errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.audit.chain import anchor, link_hash
+from smartmed.audit.record import instant
 from smartmed.audit.tables import audit_anchor, audit_log
 from smartmed.fhir.storage.database import Database
 
@@ -74,6 +76,7 @@ class _Row:
     body: str
     prev_seq: int | None
     hash: str | None
+    recorded: datetime | None = None
 
 
 _BATCH = 5000
@@ -82,10 +85,19 @@ _BATCH = 5000
 async def _rows(conn: AsyncConnection, after: int) -> list[_Row]:
     c = audit_log.c
     result = await conn.execute(
-        select(c.seq, c.body, c.prev_seq, c.hash).where(c.seq > after).order_by(c.seq).limit(_BATCH)
+        select(c.seq, c.body, c.prev_seq, c.hash, c.recorded)
+        .where(c.seq > after)
+        .order_by(c.seq)
+        .limit(_BATCH)
     )
     return [
-        _Row(int(r.seq), r.body, None if r.prev_seq is None else int(r.prev_seq), r.hash)
+        _Row(
+            int(r.seq),
+            r.body,
+            None if r.prev_seq is None else int(r.prev_seq),
+            r.hash,
+            r.recorded,
+        )
         for r in result
     ]
 
@@ -131,6 +143,18 @@ async def _walk(
             if row.prev_seq == prev_seq and (
                 link_hash(prev_hash, row.seq, prev_seq, row.body) == row.hash
             ):
+                if (
+                    row.recorded is not None
+                    and f'"recorded":"{instant(row.recorded)}"' not in row.body
+                ):
+                    # The column retention pruning goes by must say what the record says.
+                    problem = Problem(
+                        row.seq,
+                        "altered",
+                        f"the time column of record {row.seq} ({instant(row.recorded)}) is not "
+                        "the record's time (changed to make it look older or newer)",
+                    )
+                    return Report(records, start_seq, prev_seq, prev_hash, pending, problem)
                 records += 1
                 prev_seq, prev_hash = row.seq, row.hash
                 if checkpoint is not None and row.seq >= checkpoint[0] and not seen_checkpoint:
