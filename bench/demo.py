@@ -69,11 +69,11 @@ VARIANTS = (
     Variant("literal refs, 10 households/tx", 10, True, 1),
     Variant("literal refs, 25 households/tx", 25, True, 1),
     Variant("literal refs, 50 households/tx", 50, True, 1),
-    Variant("25 households/tx, 2 in flight", 25, True, 2, True),
-    Variant("25 households/tx, 3 in flight", 25, True, 3, True),
-    Variant("25 households/tx, 4 in flight", 25, True, 4, True),
-    Variant("25 households/tx, 2 in flight x 2 processes", 25, True, 2, True, 2),
-    Variant("25 households/tx, 3 in flight x 2 processes", 25, True, 3, True, 2),
+    Variant("10 households/tx, 2 in flight", 10, True, 2, True),
+    Variant("10 households/tx, 3 in flight", 10, True, 3, True),
+    Variant("10 households/tx, 4 in flight", 10, True, 4, True),
+    Variant("10 households/tx, 2 in flight x 2 processes", 10, True, 2, True, 2),
+    Variant("10 households/tx, 3 in flight x 2 processes", 10, True, 3, True, 2),
     Variant("10 households/tx, 2 in flight x 3 processes", 10, True, 2, True, 3),
 )
 
