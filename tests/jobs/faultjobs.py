@@ -15,6 +15,7 @@ import httpx
 from sqlalchemy import text
 
 from smartmed.jobs import Event, JobContext, job, on_event
+from smartmed.jobs.registry import registry
 
 
 def _receiver() -> str:
@@ -77,3 +78,10 @@ async def send(ctx: JobContext, payload: dict[str, Any]) -> None:
 async def observed(ctx: JobContext, event: Event) -> None:
     await asyncio.sleep(random.uniform(0.02, 0.2))
     await _post("/event", f"evt:{event.resource_id}")
+
+
+def unregister() -> None:
+    """Forget these jobs and the handler in this process (pytest imports them once)."""
+    registry.kinds.pop("fault.send", None)
+    registry.kinds.pop("workflow:fault.observation", None)
+    registry.handlers.pop("fault.observation", None)

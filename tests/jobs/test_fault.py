@@ -26,7 +26,6 @@ from smartmed.fhir.storage.migrate import migrate
 from smartmed.jobs import enqueue
 from smartmed.jobs.tables import job
 from tests.conftest import ROOT, create_pg_database, drop_pg_database, need
-from tests.jobs import faultjobs  # noqa: F401 - registers fault.send for enqueue
 
 JOBS = 200
 OBSERVATIONS_BEFORE = 40
@@ -115,6 +114,8 @@ async def post_observations(base: str, numbers: range) -> list[str]:
 async def test_kill_app_and_worker_mid_flight(tmp_path: Path) -> None:
     need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
     url = await create_pg_database()
+    from tests.jobs import faultjobs  # registers fault.send here too, for enqueue
+
     db = Database(url)
     await migrate(db)
     async with db.write() as conn:
@@ -265,6 +266,7 @@ async def test_kill_app_and_worker_mid_flight(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        faultjobs.unregister()  # the other tests of this process must not see them
         await web_runner.cleanup()
         await db.dispose()
         await drop_pg_database(url)
