@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, select
 from smartmed.access.policy import load_policy
 from smartmed.access.tables import access_grant
 
+
 def test_shipped_policy_covers_every_role() -> None:
     from smartmed.identity.principal import Role
 
@@ -64,3 +65,29 @@ async def test_capability_statement_advertises_smart(county: dict[str, httpx.Asy
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
     assert uris["token"].endswith("/oauth/token") and uris["authorize"].endswith("/oauth/authorize")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_audit_events_are_written_only_by_the_platform(
+    county: dict[str, httpx.AsyncClient],
+) -> None:
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "recorded": "2026-01-01T00:00:00Z",
+        "agent": [{"requestor": True, "who": {"reference": "Practitioner/doc1"}}],
+        "source": {"observer": {"display": "forged"}},
+    }
+    headers = {"Content-Type": "application/fhir+json"}
+    # Not even a system client with system/*.cruds.
+    created = await county["system"].post("/fhir/R4/AuditEvent", json=event, headers=headers)
+    assert created.status_code == 403, created.text
+    found = await county["auditor"].get("/fhir/R4/AuditEvent", params={"_count": "1"})
+    if found.json().get("entry"):
+        one = found.json()["entry"][0]["resource"]
+        changed = await county["system"].put(
+            f"/fhir/R4/AuditEvent/{one['id']}", json={**one, "outcome": "0"}, headers=headers
+        )
+        assert changed.status_code == 403
+        gone = await county["system"].delete(f"/fhir/R4/AuditEvent/{one['id']}")
+        assert gone.status_code == 403

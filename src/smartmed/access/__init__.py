@@ -28,6 +28,9 @@ def install_access(engine: FhirEngine, definitions: Path) -> AccessControl:
 
     control = AccessControl(load_policy(engine.settings.access_policy_file), definitions)
     control.deriver.install(engine.services.hooks)
+    # The audit trail's AuditEvents are the platform's own copy of the hash-chained log:
+    # no caller writes them through the API (docs/audit.md).
+    engine.services.hooks.read_only.add("AuditEvent")
     engine.access = control
     return control
 

@@ -150,16 +150,30 @@ class GrantDeriver:
             await conn.execute(insert(access_grant), rows)
 
     def install(self, hooks: WriteHooks) -> None:
-        """Keep the grants in step with every write of a granting type."""
+        """Keep the grants in step with every write of a granting type: per batch of
+        writes, one DELETE for the updated/deleted ones (a new resource has no grants
+        yet) and one INSERT."""
+        types = frozenset(self.types)
 
         async def after(
-            conn: AsyncConnection, type_: str, id_: str, _action: str, content: str | None
+            conn: AsyncConnection, writes: list[tuple[str, str, str, str | None]]
         ) -> None:
-            await self.replace(conn, type_, id_, content)
+            changed = [
+                f"{t}/{i}" for t, i, action, _ in writes if t in types and action != "create"
+            ]
+            if changed:
+                await conn.execute(delete(access_grant).where(access_grant.c.source.in_(changed)))
+            rows = [
+                g
+                for t, i, _, content in writes
+                if t in types and content is not None
+                for g in self.rows(t, i, orjson.loads(content))
+            ]
+            if rows:
+                await conn.execute(insert(access_grant), rows)
 
-        for type_ in self.types:
-            if after not in hooks.after.get(type_, []):
-                hooks.add_after_write(type_, after)
+        self._hook = after
+        hooks.add_after_batch(after)
 
     async def rebuild(self, conn: AsyncConnection, *, batch: int = 500) -> int:
         """Derive every grant again from the stored resources; the number of grants."""

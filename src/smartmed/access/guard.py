@@ -297,14 +297,15 @@ class Guard:
                 options.append(res.c.id.in_(patients))
             elif self.control.patient_params.get(type_):
                 ref = idx_reference.alias()
+                # Correlated: probed per candidate row, so a selective search stays
+                # selective (an IN over every reachable record would be materialised).
                 options.append(
-                    res.c.pk.in_(
-                        select(ref.c.res_pk).where(
-                            ref.c.resource_type == type_,
-                            ref.c.param.in_(self.control.patient_params[type_]),
-                            ref.c.target_type == "Patient",
-                            ref.c.target_id.in_(patients),
-                        )
+                    exists().where(
+                        ref.c.res_pk == res.c.pk,
+                        ref.c.resource_type == type_,
+                        ref.c.param.in_(self.control.patient_params[type_]),
+                        ref.c.target_type == "Patient",
+                        ref.c.target_id.in_(patients),
                     )
                 )
         granted = self._resource_grants(restricted)
@@ -374,12 +375,11 @@ class Guard:
                 options.append(and_(res.c.type == "Patient", res.c.id.in_(patients)))
                 if pairs:
                     options.append(
-                        res.c.pk.in_(
-                            select(ref.c.res_pk).where(
-                                tuple_(ref.c.resource_type, ref.c.param).in_(pairs),
-                                ref.c.target_type == "Patient",
-                                ref.c.target_id.in_(patients),
-                            )
+                        exists().where(
+                            ref.c.res_pk == res.c.pk,
+                            tuple_(ref.c.resource_type, ref.c.param).in_(pairs),
+                            ref.c.target_type == "Patient",
+                            ref.c.target_id.in_(patients),
                         )
                     )
             granted = self._resource_grants(all_restricted)

@@ -145,6 +145,18 @@ class Dialect(ABC):
         """An ISO date text moved by months and days, as ISO text."""
         raise NotImplementedError
 
+    def strpos(self, text: str, sub: str) -> str:
+        """1-based position of ``sub`` in ``text`` (0: absent)."""
+        return f"strpos({text}, {sub})"
+
+    def last_day(self, text: str) -> str:
+        """The last day of the month of an ISO date text, as ISO date text."""
+        return f"CAST(last_day(CAST({text} AS DATE)) AS {self.types[TEXT]})"
+
+    def decimal(self, text: str) -> str:
+        """A decimal text as an exact decimal (boundaries are exact arithmetic)."""
+        return f"CAST({text} AS DECIMAL(38, 18))"
+
     def int_array(self, items: list[str]) -> str:
         """An array of integers (repeat paths)."""
         return "[" + ", ".join(items) + "]"
@@ -196,6 +208,13 @@ class Postgres(Dialect):
     def text(self, json: str) -> str:
         return f"({json} #>> '{{}}')"
 
+    def last_day(self, text: str) -> str:
+        month = f"date_trunc('month', CAST({text} AS DATE))"
+        return f"CAST(CAST({month} + INTERVAL '1 month - 1 day' AS DATE) AS TEXT)"
+
+    def decimal(self, text: str) -> str:
+        return f"CAST({text} AS NUMERIC)"
+
     def to_json(self, sql: str, kind: str) -> str:
         return f"to_jsonb({sql})"
 
@@ -242,6 +261,12 @@ class Spark(Dialect):
 
     def field_text(self, json: str, key: str) -> str:
         return self.field(json, key)
+
+    def strpos(self, text: str, sub: str) -> str:
+        return f"instr({text}, {sub})"
+
+    def last_day(self, text: str) -> str:
+        return f"CAST(last_day(to_date({text})) AS STRING)"
 
     def text(self, json: str) -> str:
         return json

@@ -9,10 +9,11 @@ and #fhirpath-functionality: ``where``, ``exists``, ``empty``, ``first``, ``not`
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from smartmed.analytics import fhirpath as fp
 from smartmed.analytics.compiler import _REF, CompileError, Compiler, Val, native_type
-from smartmed.analytics.types import ANY, BOOL, INT, TEXT, FType, kind_of
+from smartmed.analytics.types import ANY, BOOL, INT, NUM, TEXT, FType, kind_of
 
 Fn = Callable[[Compiler, fp.Call, Val, Val, str], Val]
 
@@ -144,7 +145,86 @@ def _today(c: Compiler, node: fp.Call, base: Val, focus: Val, ri: str) -> Val:
     return Val(FType("date"), one=c.d.today(), native=TEXT)
 
 
+def _boundary(high: bool) -> Fn:
+    """lowBoundary() / highBoundary() (FHIRPath R5 / N1, sql-on-fhir-v2 fn_boundary).
+
+    The least / greatest value a primitive of this precision may stand for: a decimal
+    ±half a unit in its last digit (1.0 → 0.95 / 1.05); a partial date its first / last
+    day; a dateTime its first / last millisecond, in the earliest (+14:00) / latest
+    (-12:00) zone when it has none; a time its first / last millisecond.
+    """
+
+    def fn(c: Compiler, node: fp.Call, base: Val, focus: Val, ri: str) -> Val:
+        _arity(node, 0, 0)
+        name = base.type.name
+        value = c.single(base)
+        if value.one is None or value.one == "NULL":
+            return Val(base.type, one="NULL", native=value.native)
+        t = c.native(value, TEXT)
+        d = c.d
+        if name == "decimal" or (name == "Any" and value.native == NUM):
+            dot = d.strpos(t, "'.'")
+            digits = f"(CASE WHEN {dot} > 0 THEN length({t}) - {dot} ELSE 0 END)"
+            half = f"{d.decimal(f'(0.5 * power(10, -{digits}))')}"
+            sql = f"({d.decimal(t)} {'+' if high else '-'} {half})"
+            return Val(native_type(NUM), one=d.cast(sql, NUM), native=NUM)
+        if name in ("integer", "positiveInt", "unsignedInt", "integer64"):
+            return value
+        if name == "date":
+            return Val(FType("date"), one=_date_edge(d, t, high), native=TEXT)
+        if name in ("dateTime", "instant"):
+            day = _date_edge(d, t, high)
+            fill = "T23:59:59.999-12:00" if high else "T00:00:00.000+14:00"
+            time_part = f"substr({t}, 11)"
+            with_time = f"({t} || {_time_fill(d, time_part, high, zone=True)})"
+            sql = f"(CASE WHEN length({t}) <= 10 THEN {day} || '{fill}' ELSE {with_time} END)"
+            return Val(FType(name), one=sql, native=TEXT)
+        if name == "time":
+            return Val(FType("time"), one=f"({t} || {_time_fill(d, t, high)})", native=TEXT)
+        raise CompileError(f"{node.name}() applies to decimal, date, dateTime or time, not {name}")
+
+    return fn
+
+
+def _date_edge(d: Any, t: str, high: bool) -> str:
+    """First / last day of a partial ISO date text (YYYY, YYYY-MM, YYYY-MM-DD...)."""
+    if high:
+        month = f"{d.last_day(f'(substr({t}, 1, 7) || {chr(39)}-01{chr(39)})')}"
+        return (
+            f"(CASE WHEN length({t}) = 4 THEN {t} || '-12-31' "
+            f"WHEN length({t}) = 7 THEN {month} ELSE substr({t}, 1, 10) END)"
+        )
+    return (
+        f"(CASE WHEN length({t}) = 4 THEN {t} || '-01-01' "
+        f"WHEN length({t}) = 7 THEN {t} || '-01' ELSE substr({t}, 1, 10) END)"
+    )
+
+
+def _time_fill(d: Any, t: str, high: bool, *, zone: bool = False) -> str:
+    """What completes a time text (``HH:MM``, ``HH:MM:SS``, fraction) to milliseconds.
+
+    ``t`` may end in a zone (dateTime): then it already carries one and only a missing
+    fraction is added before it is impossible to splice, so such values keep their form.
+    """
+    minutes = "':59.999'" if high else "':00.000'"
+    millis = "'.999'" if high else "'.000'"
+    no_zone = "'-12:00'" if high else "'+14:00'"
+    plain = (
+        f"(CASE WHEN length({t}) = 5 THEN {minutes} WHEN length({t}) = 8 THEN {millis} ELSE '' END)"
+    )
+    if not zone:
+        return plain
+    # dateTime tail after the date: 'THH:MM:SS[.fff][zone]'
+    tail = f"substr({t}, 2)"
+    z, plus, minus = d.strpos(t, "'Z'"), d.strpos(tail, "'+'"), d.strpos(tail, "'-'")
+    has_zone = f"({z} > 0 OR {plus} > 0 OR {minus} > 0)"
+    bare = f"(CASE WHEN length({t}) = 9 THEN {millis} ELSE '' END)"
+    return f"(CASE WHEN {has_zone} THEN '' ELSE {bare} || {no_zone} END)"
+
+
 FUNCTIONS: dict[str, Fn] = {
+    "lowBoundary": _boundary(high=False),
+    "highBoundary": _boundary(high=True),
     "where": _where,
     "exists": _exists,
     "empty": _empty,

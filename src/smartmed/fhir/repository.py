@@ -23,13 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from smartmed.fhir import jsonio
 from smartmed.fhir.errors import (
     Conflict,
+    Forbidden,
     Gone,
     Invalid,
     NotFound,
     OutcomeIssue,
     PreconditionFailed,
 )
-from smartmed.fhir.hooks import WriteHooks, current_access, note_touched
+from smartmed.fhir.hooks import WriteHooks, current_access, note_touched, touched
 from smartmed.fhir.model import ID_RE, StoredResource, fhir_instant, utcnow
 from smartmed.fhir.search import rows as search_rows
 from smartmed.fhir.search.extract import IndexExtractor
@@ -170,6 +171,7 @@ class Repository:
             stored_forms.append(stored)
         if not prepared:
             return []
+        self._refuse_read_only({t for t, _, _, _ in prepared})
         guard = current_access.get()
         if guard is not None:
             for type_, _id, _, index in prepared:
@@ -217,6 +219,7 @@ class Repository:
                 f"id '{body['id']}' in the body does not match '{id_}' in the URL",
                 expression=f"{type_}.id",
             )
+        self._refuse_read_only({type_})
         guard = current_access.get()
         if guard is not None:
             index = self.services.extractor.extract(body)
@@ -260,6 +263,7 @@ class Repository:
 
     async def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> int | None:
         """Delete (keeping history); the new version id, or None when nothing was live."""
+        self._refuse_read_only({type_})
         guard = current_access.get()
         if guard is not None:
             await guard.check_write(self.conn, type_, "delete", {}, id_)
@@ -285,6 +289,15 @@ class Repository:
         return int(new_version)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _refuse_read_only(self, types: set[str]) -> None:
+        """Types only the platform writes are refused inside a FHIR request."""
+        locked = types & self.services.hooks.read_only
+        if locked and touched.get() is not None:
+            raise Forbidden(
+                f"{sorted(locked)[0]} resources are written only by the platform itself "
+                "(the audit trail is append-only)"
+            )
 
     async def _lock_current(self, type_: str, id_: str) -> Any:
         stmt = _CURRENT.where(resource.c.type == type_, resource.c.id == id_)
@@ -402,6 +415,11 @@ class Repository:
             for w in writes:
                 for hook in after.get(w.type_, ()):
                     await hook(self.conn, w.type_, w.id_, w.action, w.content)
+        batch_hooks = self.services.hooks.after_batch
+        if batch_hooks:
+            done = [(w.type_, w.id_, w.action, w.content) for w in writes]
+            for batch_hook in batch_hooks:
+                await batch_hook(self.conn, done)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from smartmed.crypto.masking import mask_text
 from smartmed.fhir.errors import FhirError, Unauthorized, operation_outcome
 from smartmed.fhir.hooks import AuditRecord, current_access, current_principal, touched
 from smartmed.fhir.model import utcnow
@@ -218,7 +219,8 @@ async def _audit(engine: Any, call: _Call) -> None:
     else:
         action, query = _ACTIONS.get(subtype, "E"), None
     if subtype in ("search-type", "search-system"):
-        query = request.url.query or ""
+        # Search values may be ID numbers or phones: the audit keeps them masked.
+        query = mask_text(unquote(request.url.query or ""))
     if call.status < 400:
         outcome = "0"
     elif call.status < 500:
