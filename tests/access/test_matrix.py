@@ -219,6 +219,22 @@ async def test_institution_admin_manages_only_their_organisation(
     assert (
         await admin.post("/fhir/R4/PractitionerRole", json=role, headers=JSON)
     ).status_code == 403
+    # Their jurisdiction: a new clinic under their organisation, and a Location it manages.
+    clinic = {
+        "resourceType": "Organization",
+        "name": "New village clinic",
+        "partOf": {"reference": "Organization/village"},
+    }
+    made = await admin.post("/fhir/R4/Organization", json=clinic, headers=JSON)
+    assert made.status_code == 201, made.text
+    site = {
+        "resourceType": "Location",
+        "name": "Clinic site",
+        "managingOrganization": {"reference": f"Organization/{made.json()['id']}"},
+    }
+    assert (await admin.post("/fhir/R4/Location", json=site, headers=JSON)).status_code == 201
+    elsewhere = {**site, "managingOrganization": {"reference": "Organization/county"}}
+    assert (await admin.post("/fhir/R4/Location", json=elsewhere, headers=JSON)).status_code == 403
     # A family doctor reads the directory but does not edit it.
     assert (
         await county["doc1"].put("/fhir/R4/Organization/village", json=village, headers=JSON)

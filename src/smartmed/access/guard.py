@@ -52,6 +52,8 @@ from smartmed.identity.principal import Principal
 
 # "Now" for grant validity, bound when a statement runs (so conditions can be cached).
 _NOW = bindparam("access_now", callable_=utcnow, type_=DateTime())
+# How far up Organization.partOf an administrator's jurisdiction is followed.
+_MAX_DEPTH = 8
 # Seconds a person's resolved teams and roles are reused (docs/access.md).
 ACTORS_TTL = 30.0
 # The delegated action that lets a family representative see a member's records.
@@ -460,6 +462,15 @@ class Guard:
             target = f"{type_}/{id_}" if id_ else None
             if (target and target in self.organizations) or all_refs & self.organizations:
                 return
+            orgs = {r for r in all_refs if r.startswith("Organization/")}
+            if type_ == "Organization" and target:
+                orgs.add(target)
+            if await self._within_jurisdiction(conn, orgs):
+                return
+            # A resource that names no organisation at all (a Practitioner: where they
+            # work is their PractitionerRoles) is not tied to one.
+            if type_ != "Organization" and not any(r.startswith("Organization/") for r in all_refs):
+                return
             raise Forbidden(
                 f"{type_} is outside your organisations ({', '.join(sorted(self.organizations))})"
             )
@@ -478,6 +489,31 @@ class Guard:
                 f"you may not {_verb(letter)} records of Patient/{sorted(outside)[0]}: "
                 "not one of your patients"
             )
+
+    async def _within_jurisdiction(self, conn: AsyncConnection, orgs: set[str]) -> bool:
+        """Whether one of ``orgs`` is (under) one of the caller's organisations, following
+        Organization.partOf upwards (village ⊂ township ⊂ county ⊂ city)."""
+        ref = idx_reference.c
+        frontier = {o.split("/", 1)[1] for o in orgs}
+        seen: set[str] = set()
+        for _ in range(_MAX_DEPTH):
+            if {f"Organization/{o}" for o in frontier} & self.organizations:
+                return True
+            seen |= frontier
+            if not frontier:
+                return False
+            parents = await conn.execute(
+                select(ref.target_id)
+                .join(resource, resource.c.pk == ref.res_pk)
+                .where(
+                    resource.c.type == "Organization",
+                    resource.c.id.in_(sorted(frontier)),
+                    ref.param == "partof",
+                    ref.target_type == "Organization",
+                )
+            )
+            frontier = {str(p) for p in parents.scalars()} - seen
+        return False
 
     async def _check_current(self, conn: AsyncConnection, type_: str, id_: str) -> None:
         live = await conn.execute(

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from smartmed.fhir.hooks import current_principal
+from smartmed.fhir.hooks import current_access, current_principal
 from smartmed.identity.accounts import Account
 from smartmed.identity.crypto import Box, derive
 from smartmed.identity.principal import Principal, Role, RoleAssignment
@@ -146,10 +146,16 @@ class PortalSessionMiddleware:
         state = scope.setdefault("state", {})
         state["portal"] = session
         reset = None
+        access_reset = None
         if session.account is not None:
             principal = principal_for(session.account, session)
             state["principal"] = principal
             reset = current_principal.set(principal)
+            # The same access policy as the FHIR API: portal pages read through the engine.
+            control = request.app.state.fhir.access
+            access_reset = current_access.set(
+                control.guard_for(principal) if control is not None else None
+            )
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and session.dirty:
@@ -165,6 +171,8 @@ class PortalSessionMiddleware:
         try:
             await self.app(scope, receive, send_with_cookie)
         finally:
+            if access_reset is not None:
+                current_access.reset(access_reset)
             if reset is not None:
                 current_principal.reset(reset)
 
