@@ -37,9 +37,7 @@ def upgrade() -> None:
         sa.Column("reviewed_by", _REF, nullable=True),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_access_grant")),
     )
-    op.create_index(
-        "ix_access_grant_grantee", "access_grant", ["grantee", "kind", "patient_id"]
-    )
+    op.create_index("ix_access_grant_grantee", "access_grant", ["grantee", "kind", "patient_id"])
     op.create_index("ix_access_grant_source", "access_grant", ["source"])
     op.create_index("ix_access_grant_patient", "access_grant", ["patient_id"])
 
