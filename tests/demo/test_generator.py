@@ -196,3 +196,25 @@ def test_households_and_observations_stay_modest(county_5000: list[Bundle]) -> N
             systolic = observation["component"][0]["valueQuantity"]["value"]
             diastolic = observation["component"][1]["valueQuantity"]["value"]
             assert 55 <= diastolic and diastolic + 20 <= systolic <= 190
+
+
+def test_family_doctor_contracts(county_5000: list[Bundle]) -> None:
+    """Contracts name a township team (the access policy's grant) and cover about the
+    published share of residents (NHC 2017: > 35 % overall, > 65 % of key populations)."""
+    from smartmed.demo.generator import CONTRACT_TEAM_EXTENSION
+
+    patients = contracts = 0
+    for bundle in county_5000[1:]:
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] == "Patient":
+                patients += 1
+            elif resource["resourceType"] == "Contract":
+                contracts += 1
+                assert resource["status"] == "executed"
+                (team,) = [e for e in resource["extension"] if e["url"] == CONTRACT_TEAM_EXTENSION]
+                assert team["valueReference"]["reference"].startswith("CareTeam?identifier=")
+                assert resource["applies"]["start"] < resource["applies"]["end"]
+    share = contracts / patients
+    # Binomial bound for 5000 residents is ±2 %; the key-population mix adds some spread.
+    assert 0.28 < share < 0.45, share

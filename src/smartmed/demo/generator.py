@@ -38,7 +38,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from smartmed.demo import idcard, names
 from smartmed.demo.clinical import Clinical
@@ -225,6 +225,20 @@ def practitioner_ref(staff: Staff) -> Resource:
     return staff_ref(staff.code, staff.person.name)
 
 
+# Family-doctor contracting coverage: National Health Commission press conference,
+# 2017-09-15 (国家卫生计生委新闻发布会): over 35 % of the whole population and over 65 %
+# of key populations (aged 65+, children 0-6, hypertension, diabetes, ...) signed.
+KEY_POPULATION_SIGNING_RATE = 0.65
+OTHER_SIGNING_RATE = 0.22  # with ~40 % key population, ~35 % overall
+CONTRACT_TEAM_EXTENSION = "urn:smartmed:extension:contract-care-team"
+CONTRACT_TYPE_SYSTEM = "urn:smartmed:contract-type"
+
+
+def _signing_rate(person: Person) -> float:
+    key = person.age >= 65 or person.age <= 6 or person.hypertension or person.diabetes
+    return KEY_POPULATION_SIGNING_RATE if key else OTHER_SIGNING_RATE
+
+
 def _bundle(entries: list[Resource]) -> Resource:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
@@ -239,6 +253,7 @@ class _Generator:
         self.pop_rng = random.Random(master.getrandbits(64))
         self.clin_rng = random.Random(master.getrandbits(64))
         self._uuid_rng = random.Random(master.getrandbits(64))
+        self.contract_rng = random.Random(master.getrandbits(64))
         self.as_of = as_of
         self.county = county
         self.townships: list[Township] = []
@@ -654,7 +669,62 @@ class _Generator:
         clinical: list[Resource] = []
         for person, url in zip(members, urls, strict=True):
             clinical += Clinical(self, person, url, village, gp).entries()
-        return _bundle(patients + related + clinical)
+        contracts = [
+            self._contract(person, url, township, gp)
+            for person, url in zip(members, urls, strict=True)
+            if self.contract_rng.random() < _signing_rate(person)
+        ]
+        return _bundle(patients + related + clinical + contracts)
+
+    def _contract(
+        self, person: Person, patient_url: str, township: Township, gp: Staff
+    ) -> Resource:
+        """A family-doctor contract (家庭医生签约服务协议) of one year with the township team.
+
+        The team is named by the extension the access policy reads
+        (``urn:smartmed:extension:contract-care-team``): the contract gives the team's
+        members access to the resident's records (docs/access.md).
+        """
+        rng = self.contract_rng
+        start = self.as_of - timedelta(days=rng.randrange(365))
+        end = start + timedelta(days=365)
+        team = f"CareTeam?identifier={CARE_TEAM_SYSTEM}|{township.code}-FDT"
+        contract: Resource = {
+            "resourceType": "Contract",
+            "extension": [{"url": CONTRACT_TEAM_EXTENSION, "valueReference": {"reference": team}}],
+            "status": "executed",
+            "issued": f"{start.isoformat()}T09:00:00+08:00",
+            "applies": {"start": start.isoformat(), "end": end.isoformat()},
+            "subject": [{"reference": patient_url, "display": person.name}],
+            "authority": [org_ref(township.code)],
+            "type": _concept(
+                CONTRACT_TYPE_SYSTEM, "family-doctor", "Family doctor contract", "家庭医生签约服务"
+            ),
+            "author": practitioner_ref(gp),
+            "signer": [
+                {
+                    "type": {
+                        "system": "http://terminology.hl7.org/CodeSystem/contractsignertypecodes",
+                        "code": "PRIMARY",
+                    },
+                    "party": {"reference": patient_url},
+                    "signature": [
+                        {
+                            "type": [
+                                {
+                                    "system": "urn:iso-astm:E1762-95:2013",
+                                    "code": "1.2.840.10065.1.12.1.7",
+                                    "display": "Consent Signature",
+                                }
+                            ],
+                            "when": f"{start.isoformat()}T09:00:00+08:00",
+                            "who": {"reference": patient_url},
+                        }
+                    ],
+                }
+            ],
+        }
+        return self.entry(contract, self.full_url())
 
     @staticmethod
     def _marital(rng: random.Random, person: Person, household: Household) -> str:
