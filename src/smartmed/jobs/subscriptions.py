@@ -269,41 +269,49 @@ def make_record(engine: FhirEngine) -> Any:
 
 
 def make_matcher(engine: FhirEngine) -> Any:
-    """After-write hook on every type: enqueue deliveries for matching subscriptions."""
+    """After-write hook on each batch of writes: enqueue deliveries for matching
+    subscriptions. One NOTIFY and one subscription lookup per batch, not per resource."""
 
-    async def match(
-        conn: AsyncConnection, type_: str, id_: str, action: str, content: str | None
-    ) -> None:
+    async def match(conn: AsyncConnection, writes: list[tuple[str, str, str, str | None]]) -> None:
         if engine.db.is_postgres:
             # Wake the dispatchers at commit (NOTIFY is transactional, and PostgreSQL
             # folds repeats within one transaction into one).
             await conn.exec_driver_sql("NOTIFY smartmed_outbox")
-        if action == "delete" or content is None:
+        live = [(t, i, c) for t, i, action, c in writes if action != "delete" and c is not None]
+        if not live:
             return  # a deleted resource matches no criteria
-        subs = (
+        types = sorted({t for t, _, _ in live})
+        rows = (
             await conn.execute(
-                select(subscription.c.id, subscription.c.query).where(
-                    subscription.c.resource_type == type_, subscription.c.status == "active"
+                select(subscription.c.id, subscription.c.query, subscription.c.resource_type).where(
+                    subscription.c.resource_type.in_(types), subscription.c.status == "active"
                 )
             )
         ).all()
-        if not subs:
+        if not rows:
             return
-        version = int(orjson.loads(content)["meta"]["versionId"])
-        for sub in subs:
-            query = f"{sub.query}&_id={id_}" if sub.query else f"_id={id_}"
-            try:
-                matched = id_ in await match_ids(conn, engine.services, type_, query)
-            except FhirError:
-                log.warning("subscription criteria no longer parse", subscription=sub.id)
+        by_type: dict[str, list[Any]] = {}
+        for row in rows:
+            by_type.setdefault(row.resource_type, []).append(row)
+        for type_, id_, content in live:
+            subs = by_type.get(type_)
+            if not subs:
                 continue
-            if matched:
-                await enqueue(
-                    conn,
-                    "subscription.deliver",
-                    {"subscription": sub.id, "type": type_, "id": id_, "version": version},
-                    key=f"sub:{sub.id}:{type_}/{id_}/{version}",
-                )
+            version = int(orjson.loads(content)["meta"]["versionId"])
+            for sub in subs:
+                query = f"{sub.query}&_id={id_}" if sub.query else f"_id={id_}"
+                try:
+                    matched = id_ in await match_ids(conn, engine.services, type_, query)
+                except FhirError:
+                    log.warning("subscription criteria no longer parse", subscription=sub.id)
+                    continue
+                if matched:
+                    await enqueue(
+                        conn,
+                        "subscription.deliver",
+                        {"subscription": sub.id, "type": type_, "id": id_, "version": version},
+                        key=f"sub:{sub.id}:{type_}/{id_}/{version}",
+                    )
 
     return match
 
@@ -318,9 +326,7 @@ def install(engine: FhirEngine) -> None:
         return
     hooks.add_check("Subscription", make_check(engine))
     hooks.add_after_write("Subscription", make_record(engine))
-    matcher = make_matcher(engine)
-    for type_ in sorted(engine.resource_types):
-        hooks.add_after_write(type_, matcher)
+    hooks.add_after_batch(make_matcher(engine))
 
 
 # -- delivery ------------------------------------------------------------------------
