@@ -154,13 +154,15 @@ async def test_navigation_and_pages_follow_the_role(portal_app: FastAPI) -> None
     nurse = await make_user(portal_app, (Role.NURSE, "Organization/x"))
     admin = await make_user(portal_app, (Role.INSTITUTION_ADMIN, "Organization/x"))
     platform = await make_user(portal_app, (Role.PLATFORM_ADMIN, None))
+    auditor = await make_user(portal_app, (Role.AUDIT_ADMIN, None))
     expected = {
-        resident: {"me"},
+        resident: {"me", "access"},
         nurse: {"directory"},
         admin: {"directory", "organizations", "departments", "practitioners", "teams"}
         | {"import", "accounts"},
         platform: {"directory", "organizations", "departments", "practitioners", "teams"}
         | {"import", "accounts"},
+        auditor: {"directory", "audit"},
     }
     for user, keys in expected.items():
         async with browser(portal_app) as c:
@@ -173,6 +175,8 @@ async def test_navigation_and_pages_follow_the_role(portal_app: FastAPI) -> None
                 ("/admin/accounts", "accounts"),
                 ("/directory/teams", "directory"),
                 ("/me", "me"),
+                ("/audit", "audit"),
+                ("/record-access", "access"),
             ):
                 r = await c.get(path)
                 assert r.status_code == (200 if key in keys else 403), (user, path)

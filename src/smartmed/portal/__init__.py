@@ -23,6 +23,7 @@ __all__ = ["PortalSessionMiddleware", "csrf_protect", "install_portal"]
 
 def install_portal(app: FastAPI, settings: Settings) -> None:
     """Mount the portal's routes, static files, session middleware and error pages."""
+    from smartmed.portal import audit
     from smartmed.portal.admin import accounts, imports, organizations, practitioners, teams
     from smartmed.portal.directory import build_router as directory_router
     from smartmed.portal.pages import build_shell_router, see_other
@@ -31,7 +32,7 @@ def install_portal(app: FastAPI, settings: Settings) -> None:
     app.include_router(build_assets_router(locate_node_modules(settings.portal_assets_dir)))
     protect = [Depends(csrf_protect)]
     app.include_router(build_shell_router(), dependencies=protect)
-    for module in (organizations, practitioners, teams, accounts, imports):
+    for module in (organizations, practitioners, teams, accounts, imports, audit):
         app.include_router(module.build_router(), dependencies=protect)
     app.include_router(directory_router(), dependencies=protect)
     app.add_middleware(PortalSessionMiddleware)

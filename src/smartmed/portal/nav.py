@@ -20,6 +20,9 @@ STAFF = frozenset(Role) - {Role.RESIDENT, Role.FAMILY_REPRESENTATIVE}
 ADMINS = frozenset({Role.INSTITUTION_ADMIN, Role.PLATFORM_ADMIN})
 ACCOUNT_ADMINS = frozenset({Role.INSTITUTION_ADMIN, Role.PLATFORM_ADMIN, Role.SYSTEM_ADMIN})
 PUBLIC = frozenset({Role.RESIDENT, Role.FAMILY_REPRESENTATIVE})
+# The access policy lets only audit administrators search every AuditEvent (docs/access.md);
+# security and platform administrators have no audit permission there.
+AUDITORS = frozenset({Role.AUDIT_ADMIN})
 
 
 def _(text: str) -> str:
@@ -40,6 +43,14 @@ class Entry:
 
 ENTRIES = (
     Entry("me", _("My information"), "/me", PUBLIC, _("For me"), _("Your details and language")),
+    Entry(
+        "access",
+        _("Access log"),
+        "/record-access",
+        PUBLIC,
+        _("For me"),
+        _("Who read or changed your health record, when and why"),
+    ),
     Entry(
         "directory",
         _("Directory"),
@@ -108,11 +119,10 @@ ENTRIES = (
     Entry(
         "audit",
         _("Audit trail"),
-        "",
-        frozenset({Role.AUDIT_ADMIN, Role.PLATFORM_ADMIN, Role.INSTITUTION_ADMIN}),
+        "/audit",
+        AUDITORS,
         _("Users and rights"),
-        _("Comes with the audit work"),
-        planned=True,
+        _("Who accessed and changed which records"),
     ),
 )
 BY_KEY = {e.key: e for e in ENTRIES}
