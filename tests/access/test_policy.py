@@ -68,7 +68,7 @@ async def test_capability_statement_advertises_smart(county: dict[str, httpx.Asy
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_audit_events_are_written_only_by_the_platform(
+async def test_audit_events_are_append_only(
     county: dict[str, httpx.AsyncClient],
 ) -> None:
     event = {
@@ -79,9 +79,21 @@ async def test_audit_events_are_written_only_by_the_platform(
         "source": {"observer": {"display": "forged"}},
     }
     headers = {"Content-Type": "application/fhir+json"}
-    # Not even a system client with system/*.cruds.
+    # Other systems may add their own AuditEvents, never change or delete one, and never
+    # take the ids of the platform's own trail (not even a system client).
     created = await county["system"].post("/fhir/R4/AuditEvent", json=event, headers=headers)
-    assert created.status_code == 403, created.text
+    assert created.status_code == 201, created.text
+    mine = created.json()["id"]
+    again = {**event, "id": mine}
+    assert (
+        await county["system"].put(f"/fhir/R4/AuditEvent/{mine}", json=again, headers=headers)
+    ).status_code == 403
+    reserved = {**event, "id": "audit-99999999"}
+    assert (
+        await county["system"].put(
+            "/fhir/R4/AuditEvent/audit-99999999", json=reserved, headers=headers
+        )
+    ).status_code == 403
     found = await county["auditor"].get("/fhir/R4/AuditEvent", params={"_count": "1"})
     if found.json().get("entry"):
         one = found.json()["entry"][0]["resource"]

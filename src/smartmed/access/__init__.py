@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from smartmed.identity.principal import Principal
 
 
+def _reserve_audit_ids(body: dict[str, Any]) -> None:
+    from smartmed.fhir.errors import Forbidden
+    from smartmed.fhir.hooks import touched
+
+    if str(body.get("id", "")).startswith("audit-") and touched.get() is not None:
+        raise Forbidden("AuditEvent ids 'audit-…' are the platform's own audit trail")
+
+
 def install_access(engine: FhirEngine, definitions: Path) -> AccessControl:
     """Compile the configured policy onto ``engine`` and keep grants in step with writes."""
     from smartmed.access.guard import AccessControl
@@ -28,9 +36,11 @@ def install_access(engine: FhirEngine, definitions: Path) -> AccessControl:
 
     control = AccessControl(load_policy(engine.settings.access_policy_file), definitions)
     control.deriver.install(engine.services.hooks)
-    # The audit trail's AuditEvents are the platform's own copy of the hash-chained log:
-    # no caller writes them through the API (docs/audit.md).
-    engine.services.hooks.read_only.add("AuditEvent")
+    # AuditEvents are append-only, and the ids of the platform's own copies of its
+    # hash-chained log ("audit-<seq>") are reserved (docs/audit.md); other systems may
+    # still record their own AuditEvents.
+    engine.services.hooks.append_only.add("AuditEvent")
+    engine.services.hooks.add_check("AuditEvent", _reserve_audit_ids)
     engine.access = control
     return control
 

@@ -76,8 +76,9 @@ class WriteHooks:
     # Called once per batch of writes with [(type, id, action, content)], for hooks whose
     # work is cheaper in one statement (access grants during a bulk load).
     after_batch: list[AfterBatch] = field(default_factory=list)
-    # Types only the platform itself writes (the audit trail): refused in FHIR requests.
-    read_only: set[str] = field(default_factory=set)
+    # Append-only types (the audit trail): a FHIR request may add one, never change or
+    # delete a stored one.
+    append_only: set[str] = field(default_factory=set)
 
     def add_check(self, type_: str, check: ResourceCheck) -> None:
         self.checks.setdefault(type_, []).append(check)

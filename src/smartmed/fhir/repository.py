@@ -171,7 +171,6 @@ class Repository:
             stored_forms.append(stored)
         if not prepared:
             return []
-        self._refuse_read_only({t for t, _, _, _ in prepared})
         guard = current_access.get()
         if guard is not None:
             for type_, _id, _, index in prepared:
@@ -219,12 +218,13 @@ class Repository:
                 f"id '{body['id']}' in the body does not match '{id_}' in the URL",
                 expression=f"{type_}.id",
             )
-        self._refuse_read_only({type_})
         guard = current_access.get()
         if guard is not None:
             index = self.services.extractor.extract(body)
             await guard.check_write(self.conn, type_, "update", references(index), id_)
         current = await self._lock_current(type_, id_)
+        if current is not None:
+            self._refuse_append_only(type_)
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(
@@ -263,7 +263,7 @@ class Repository:
 
     async def delete(self, type_: str, id_: str, *, if_match: int | None = None) -> int | None:
         """Delete (keeping history); the new version id, or None when nothing was live."""
-        self._refuse_read_only({type_})
+        self._refuse_append_only(type_)
         guard = current_access.get()
         if guard is not None:
             await guard.check_write(self.conn, type_, "delete", {}, id_)
@@ -290,13 +290,12 @@ class Repository:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _refuse_read_only(self, types: set[str]) -> None:
-        """Types only the platform writes are refused inside a FHIR request."""
-        locked = types & self.services.hooks.read_only
-        if locked and touched.get() is not None:
+    def _refuse_append_only(self, type_: str) -> None:
+        """Append-only types: inside a FHIR request, never changed or deleted once stored."""
+        if type_ in self.services.hooks.append_only and touched.get() is not None:
             raise Forbidden(
-                f"{sorted(locked)[0]} resources are written only by the platform itself "
-                "(the audit trail is append-only)"
+                f"{type_} resources are append-only: once stored they are never changed or "
+                "deleted through the API"
             )
 
     async def _lock_current(self, type_: str, id_: str) -> Any:
