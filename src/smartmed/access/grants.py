@@ -172,7 +172,6 @@ class GrantDeriver:
             if rows:
                 await conn.execute(insert(access_grant), rows)
 
-        self._hook = after
         hooks.add_after_batch(after)
 
     async def rebuild(self, conn: AsyncConnection, *, batch: int = 500) -> int:
