@@ -82,6 +82,17 @@ class AccessControl:
         # immutable, and building them costs more than running them.
         self.conditions: dict[tuple[Any, ...], ColumnElement[bool] | Forbidden | None] = {}
 
+    def set_policy(self, policy: Policy) -> None:
+        """Apply an edited policy (rights per role and category) from the next request on.
+
+        The grant rules stay those the deriver was built with: changing who is *related*
+        to whom needs ``smartmed access rebuild``; rights per role take effect at once.
+        """
+        self.policy = policy
+        self.categorized = frozenset(t for types in policy.categories.values() for t in types)
+        self.clinical_types = (frozenset(self.patient_params) | {"Patient"}) - self.categorized
+        self.conditions.clear()
+
     def category(self, type_: str) -> Category:
         return self.policy.category_of(type_, self.clinical_types)
 
