@@ -177,6 +177,12 @@ async def main(args: argparse.Namespace) -> int:
             )
             print(f"loaded {count} resources in {seconds:.1f} s")
             await seed_care(server.port, ids)
+            if dsn:
+                conn = await fa.asyncpg.connect(dsn)
+                try:
+                    await conn.execute("ANALYZE")  # as autovacuum would, shortly after a load
+                finally:
+                    await conn.close()
             baseline = await measure(
                 "off", server.port, requests(server.port, ids, None), args, server
             )

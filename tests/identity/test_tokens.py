@@ -10,7 +10,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from joserfc import jwt
-from joserfc.jwk import ECKey
+from joserfc.jwk import ECKey, KeySet
 
 from smartmed.identity.service import Identity
 from tests.identity.conftest import BASE, FHIR, http, system_token
@@ -153,3 +153,27 @@ async def test_key_rotation_keeps_old_tokens_valid(auth_app: FastAPI, identity: 
     fresh = await system_token(auth_app, "system/Patient.rs")
     assert orjson.loads(base64.urlsafe_b64decode(fresh.split(".")[0] + "=="))["kid"] == new_kid
     assert all("d" not in k for k in (await identity.keys.jwks())["keys"])  # no private parts
+
+
+async def test_a_remembered_token_is_still_checked_on_every_request(
+    auth_app: FastAPI, identity: Identity
+) -> None:
+    """The verified-signature cache never outlives revocation or the signing key."""
+    claims = await _claims(identity)
+    token = await identity.tokens.sign(claims)
+    assert (await _get(auth_app, token)).status_code == 200
+    assert (await _get(auth_app, token)).status_code == 200  # served from the cache
+    await identity.tokens.revoke(claims)
+    _assert_401(await _get(auth_app, token), "revoked")
+
+    other = await _claims(identity)
+    token = await identity.tokens.sign(other)
+    assert (await _get(auth_app, token)).status_code == 200
+    identity.keys._jwks = []  # the key withdrawn from the JWKS (e.g. compromised)
+    identity.keys._public = KeySet([])
+    identity.keys._load = _no_reload  # type: ignore[method-assign]
+    _assert_401(await _get(auth_app, token), "not valid")
+
+
+async def _no_reload() -> None:
+    return None

@@ -115,6 +115,10 @@ class KeyStore:
         await self.signing()
         return {"keys": self._jwks}
 
+    def knows(self, kid: str | None) -> bool:
+        """Whether ``kid`` is still one of the published keys (a withdrawn key is not)."""
+        return kid is not None and any(j.get("kid") == kid for j in self._jwks)
+
     async def public(self, kid: str | None) -> KeySet:
         if kid is None or not any(j.get("kid") == kid for j in self._jwks):
             await self._load()  # another process may have rotated
@@ -123,6 +127,10 @@ class KeyStore:
 
 # How stale another process's view of the revocation denylist may be (seconds).
 REVOCATION_REFRESH_SECONDS = 1.0
+# Tokens whose signature was verified, remembered so that a client's next requests with
+# the same token skip the ECDSA verification (the largest part of checking a token);
+# expiry, issuer, audience and revocation are still checked on every request.
+VERIFIED_TOKENS = 4096
 
 
 class TokenService:
@@ -134,6 +142,7 @@ class TokenService:
         self.keys = keys
         self._revoked: set[str] = set()
         self._revoked_at = float("-inf")
+        self._verified: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
     async def sign(self, claims: dict[str, Any]) -> str:
         key = await self.keys.signing()
@@ -198,12 +207,20 @@ class TokenService:
 
     async def decode(self, token: str) -> dict[str, Any]:
         """Claims of a token signed by one of our keys (signature and alg only)."""
+        hit = self._verified.get(token)
+        if hit is not None and self.keys.knows(hit[0]):
+            return dict(hit[1])
         try:
             header = orjson.loads(_b64(token.split(".")[0]))
-            keyset = await self.keys.public(header.get("kid"))
-            return dict(jwt.decode(token, keyset, algorithms=[ALG]).claims)
+            kid = header.get("kid")
+            keyset = await self.keys.public(kid)
+            claims = dict(jwt.decode(token, keyset, algorithms=[ALG]).claims)
         except (JoseError, ValueError, IndexError, orjson.JSONDecodeError) as exc:
             raise Unauthorized(f"the access token is not valid: {exc}") from None
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[token] = (kid, claims)
+        return dict(claims)
 
     async def validate(self, token: str, *, issuer: str, audience: str) -> dict[str, Any]:
         """The claims of a valid, unrevoked access token for ``audience``; else 401."""
