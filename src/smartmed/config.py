@@ -141,6 +141,24 @@ class Settings(BaseSettings):
     subscription_max_failures: int = Field(
         default=5, ge=1, description="Consecutive failed deliveries before status error"
     )
+    # Payments (docs/payments.md).
+    payments_provider: Literal["sandbox"] = Field(
+        default="sandbox", description="Payment provider; sandbox: the local one at /sandbox/pay"
+    )
+    payments_sandbox_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL the sandbox provider is reached at"
+    )
+    payments_public_url: str | None = Field(
+        default=None, description="Our base URL for provider callbacks; unset: the sandbox URL"
+    )
+    payments_merchant_id: str = Field(default="smartmed-dev", min_length=1, max_length=64)
+    payments_signing_secret: SecretStr | None = Field(
+        default=None, description="Shared HMAC secret with the provider; unset: from secret_key"
+    )
+    payments_order_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60, description="Time to pay")
+    payments_reviewer: str | None = Field(
+        default=None, description="Who reviews odd payments (Practitioner/1, ...), told by notify"
+    )
     # Web portal (docs/portal.md).
     portal_default_locale: str = Field(
         default="zh_CN", description="Portal language when neither account nor browser says"

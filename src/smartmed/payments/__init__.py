@@ -78,3 +78,36 @@ EVENT_PAID = "payment.paid"
 EVENT_FULFILLED = "payment.fulfilled"
 EVENT_REFUNDED = "payment.refunded"
 EVENT_EXPIRED = "payment.expired"
+
+from smartmed.payments.events import PaymentEvent, on_payment  # noqa: E402
+from smartmed.payments.models import Checkout, Order, Refund  # noqa: E402
+
+__all__ = [
+    "EVENT_EXPIRED",
+    "EVENT_FULFILLED",
+    "EVENT_PAID",
+    "EVENT_REFUNDED",
+    "ORDER_SYSTEM",
+    "STATE_TAG_SYSTEM",
+    "Checkout",
+    "Order",
+    "PaymentEvent",
+    "Refund",
+    "install_payments",
+    "on_payment",
+]
+
+
+def install_payments(app: object) -> None:
+    """Mount the payments API and pages, the sandbox provider when configured, and
+    register the module's jobs (``app`` is the FastAPI application)."""
+    from fastapi import FastAPI
+
+    from smartmed.payments import tasks  # noqa: F401  (registers refund and expiry jobs)
+    from smartmed.payments.router import build_payments_router
+    from smartmed.payments.sandbox import tasks as sandbox_tasks  # noqa: F401
+    from smartmed.payments.sandbox.router import build_sandbox_router
+
+    assert isinstance(app, FastAPI)
+    app.include_router(build_payments_router())
+    app.include_router(build_sandbox_router())
