@@ -23,6 +23,8 @@ PUBLIC = frozenset({Role.RESIDENT, Role.FAMILY_REPRESENTATIVE})
 # The access policy lets only audit administrators search every AuditEvent (docs/access.md);
 # security and platform administrators have no audit permission there.
 AUDITORS = frozenset({Role.AUDIT_ADMIN})
+# Members of family-doctor teams (docs/contracting.md).
+CONTRACT_TEAM = frozenset({Role.FAMILY_DOCTOR, Role.NURSE, Role.PUBLIC_HEALTH_WORKER})
 
 
 def _(text: str) -> str:
@@ -50,6 +52,22 @@ ENTRIES = (
         PUBLIC,
         _("For me"),
         _("Who read or changed your health record, when and why"),
+    ),
+    Entry(
+        "contract",
+        _("Family-doctor contract"),
+        "/contracting",
+        PUBLIC,
+        _("For me"),
+        _("Sign with a family-doctor team, renew, see your history"),
+    ),
+    Entry(
+        "contracting",
+        _("Contracting"),
+        "/contracting/team",
+        CONTRACT_TEAM,
+        _("Work"),
+        _("Applications to review and your contracted residents"),
     ),
     Entry(
         "directory",

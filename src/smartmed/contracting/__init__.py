@@ -1,0 +1,32 @@
+"""Family-doctor contracting (issue 8): applications, team review, contracts and their
+lifecycle, over FHIR ``Contract`` resources (docs/contracting.md).
+
+Files: ``service.py`` (the rules, keyword-only functions on the caller's connection),
+``flows.py`` (signing by card QR code, invitation and share link), ``links.py`` (signed
+link tokens), ``populations.py`` (key populations), ``tasks.py`` (renewal reminders, a
+daily durable job), ``api.py`` (``/api/contracting``), ``pages.py`` (portal pages).
+
+Public API for other modules::
+
+    from smartmed.contracting import service as contracting
+
+    await contracting.current_contract(engine, conn, patient="Patient/9", at=now)
+    await contracting.do_set_package(engine, conn, contract_id="…", package="PlanDefinition/…")
+
+Other modules see contracts as FHIR resources (and their events): an executed Contract
+names the team in ``urn:smartmed:extension:contract-care-team`` and the chosen service
+package in ``urn:smartmed:extension:contract-service-package``.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+
+def install(app: FastAPI) -> None:
+    """Mount the API and the portal pages; registers the renewal-reminder job."""
+    from smartmed.contracting import api, pages, tasks  # noqa: F401 - tasks registers the job
+    from smartmed.portal import csrf_protect
+
+    app.include_router(api.build_router())
+    app.include_router(pages.build_router(), dependencies=[Depends(csrf_protect)])
