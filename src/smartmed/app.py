@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from smartmed.notify.router import build_notify_router
 
     app.include_router(build_notify_router())
+    from smartmed.payments import install_payments
+
+    install_payments(app)  # /api/payments, payer pages, sandbox provider (docs/payments.md)
     from smartmed.contracting import install as install_contracting
 
     install_contracting(app)  # family-doctor contracting (docs/contracting.md)
