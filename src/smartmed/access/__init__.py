@@ -33,8 +33,13 @@ def install_access(engine: FhirEngine, definitions: Path) -> AccessControl:
     """Compile the configured policy onto ``engine`` and keep grants in step with writes."""
     from smartmed.access.guard import AccessControl
     from smartmed.access.policy import load_policy
+    from smartmed.access.policy_store import attach
 
-    control = AccessControl(load_policy(engine.settings.access_policy_file), definitions)
+    shipped = load_policy(engine.settings.access_policy_file)
+    control = AccessControl(shipped, definitions)
+    # Rights edited by administrators (stored versions) win over the file's: applied
+    # before the first request and followed every few seconds (docs/access.md).
+    attach(control, engine.db, shipped)
     control.deriver.install(engine.services.hooks)
     # AuditEvents are append-only, and the ids of the platform's own copies of its
     # hash-chained log ("audit-<seq>") are reserved (docs/audit.md); other systems may
@@ -54,6 +59,9 @@ async def may_read(
     """
     if principal is None:
         return True
+    from smartmed.access.policy_store import refresh
+
+    await refresh(engine)  # outside a request (workers): the newest stored rights too
     type_ = str(resource.get("resourceType", ""))
     id_ = str(resource.get("id", ""))
     if not principal.scopes.allows(type_, "r"):
