@@ -6,13 +6,14 @@ import asyncio
 
 import orjson
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from smartmed.audit import AuditLog, AuditUnavailable, BadRecord
 from smartmed.audit.chain import chain_pending
 from smartmed.audit.verify import verify
 from smartmed.config import Settings
 from smartmed.fhir.context import FhirEngine
+from smartmed.fhir.storage.tables import resource
 from tests.audit.conftest import rec, rows
 
 
@@ -136,3 +137,40 @@ async def test_several_writers_at_once_keep_seq_order_equal_to_commit_order(
     assert report.summary() == "400 records, chain intact up to seq 400"
     for log in logs:
         await log.close()
+
+
+async def test_workers_chain_and_materialise_when_the_app_only_appends(
+    engine: FhirEngine,
+) -> None:
+    """SMARTMED_JOBS_IN_APP=false: the app appends; ``maintain`` (in ``smartmed worker``)
+    chains and materialises every record, once."""
+    from smartmed import audit as audit_module
+    from smartmed.audit.tables import audit_log
+
+    engine.settings = engine.settings.model_copy(
+        update={"jobs_in_app": False, "audit_chain_interval_seconds": 0.05}
+    )
+    log = audit_module.install(engine)
+    for n in range(1, 26):
+        await log.record(rec(n))
+    await log.flush()
+    await asyncio.sleep(0.2)  # the app does no maintenance of its own
+    async with engine.db.read() as conn:
+        unchained = await conn.scalar(
+            select(func.count()).select_from(audit_log).where(audit_log.c.hash.is_(None))
+        )
+    assert unchained == 25
+    stopped = asyncio.Event()
+    worker = asyncio.create_task(audit_module.maintain(engine, stopped))
+    for _ in range(100):
+        async with engine.db.read() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(resource).where(resource.c.type == "AuditEvent")
+            )
+        if count == 25:
+            break
+        await asyncio.sleep(0.05)
+    stopped.set()
+    await worker
+    await log.close()
+    assert count == 25

@@ -17,6 +17,7 @@ See docs/audit.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -34,6 +35,7 @@ __all__ = [
     "BadRecord",
     "catch_up",
     "install",
+    "maintain",
     "shutdown",
 ]
 
@@ -44,6 +46,8 @@ __all__ = [
 # lock); the AuditEvent view lags under load and catches up when the process is quiet.
 BUSY_SHARE = 0.2
 BUSY_BATCH = 10
+# PostgreSQL has no database-wide write lock: bigger batches cost less per event.
+BUSY_BATCH_POSTGRES = 100
 
 
 async def catch_up(engine: FhirEngine, *, budget: float | None = None) -> tuple[int, int]:
@@ -52,13 +56,31 @@ async def catch_up(engine: FhirEngine, *, budget: float | None = None) -> tuple[
     ``budget`` (seconds) bounds the materialisation; chaining is always complete (cheap).
     """
     chained = await chain_pending(engine.db)
+    busy = BUSY_BATCH_POSTGRES if engine.db.is_postgres else BUSY_BATCH
     stored = await materialise(
         engine,
         site=engine.settings.audit_site,
-        batch=BUSY_BATCH if budget is not None else 200,
+        batch=busy if budget is not None else 200,
         budget=budget,
     )
     return chained, stored
+
+
+async def maintain(engine: FhirEngine, stopped: asyncio.Event) -> None:
+    """Chain and materialise about once per interval until ``stopped`` (worker processes).
+
+    With ``SMARTMED_JOBS_IN_APP=false`` the app processes only append records (cheap,
+    durable) and the ``smartmed worker`` processes, which run the background jobs, also do
+    this; several workers take turns (advisory locks), none does work twice.
+    """
+    interval = engine.settings.audit_chain_interval_seconds
+    while not stopped.is_set():
+        try:
+            await catch_up(engine, budget=interval * 0.9)
+        except Exception as exc:  # noqa: BLE001 - keep going after a bad turn
+            log.exception("audit maintenance failed", error_type=type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), interval)
 
 
 def install(engine: FhirEngine) -> AuditLog:
@@ -67,6 +89,8 @@ def install(engine: FhirEngine) -> AuditLog:
     interval = settings.audit_chain_interval_seconds
     audit = AuditLog(engine.db, window=settings.audit_batch_window_ms / 1000)
     engine.audit = audit
+    if not settings.jobs_in_app:
+        return audit  # the workers chain and materialise (:func:`maintain`)
     seen = audit.written
 
     async def step() -> None:

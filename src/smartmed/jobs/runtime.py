@@ -85,7 +85,8 @@ async def stop(jobs: Jobs) -> None:
 
 
 async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
-    """A worker process: run jobs until SIGTERM or SIGINT."""
+    """A worker process: run jobs (and chain and materialise the audit log) until SIGTERM
+    or SIGINT."""
     from smartmed.fhir.context import FhirEngine
     from smartmed.fhir.storage.migrate import is_current, migrate
 
@@ -101,8 +102,15 @@ async def run_worker(settings: Settings, *, concurrency: int | None = None) -> N
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopped.set)
     await runner.start()
+    audit_task = None
+    if settings.audit_enabled:
+        from smartmed import audit
+
+        audit_task = asyncio.create_task(audit.maintain(engine, stopped), name="audit-maintain")
     try:
         await stopped.wait()
     finally:
         await runner.stop()
+        if audit_task is not None:
+            await audit_task
         await engine.db.dispose()
