@@ -102,8 +102,16 @@ async def handle_callback(
                 .returning(payment_callback.c.pk)
             )
         ).scalar_one_or_none()
-        if pk is None:
+        if pk is None:  # kept without the nonce, which belongs to the first delivery
             outcome = "replayed"
+            await conn.execute(
+                payment_callback.insert().values(
+                    provider=provider.name,
+                    received_at=utcnow(),
+                    outcome=outcome,
+                    order_id=order_id[:36],
+                )
+            )
         elif notice.event == "payment":
             outcome = await service.apply_payment(
                 engine,
