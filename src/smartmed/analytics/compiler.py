@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -24,6 +25,8 @@ _REF = r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-\.]{1,64})(/_history/[^/]+)?$"
 _KIND_TYPE = {BOOL: "boolean", INT: "integer", NUM: "decimal", TEXT: "string"}
 _MONTHS = {"year": 12, "years": 12, "month": 1, "months": 1}
 _DAYS = {"week": 7, "weeks": 7, "day": 1, "days": 1}
+ROOT = "r.content"  # the resource being flattened
+HOISTED = "__elements"  # DuckDB: its top-level elements, parsed once
 
 
 class CompileError(ValueError):
@@ -66,6 +69,37 @@ class Compiler:
         self.model = model
         self.constants = constants
         self._ids = itertools.count(1)
+        # DuckDB: top-level elements of the resource read (parsed once per row, see
+        # Dialect.hoist); their position in the list HOISTED.
+        self.hoisted: dict[str, int] = {}
+        # DuckDB: a field of a field … as (JSON, keys), so that a chain is one path
+        self._paths: dict[str, tuple[str, list[str]]] = {}
+
+    def field(self, json: str, key: str) -> str:
+        """The JSON child ``key`` (from the once-parsed list when it is the resource's)."""
+        if not self.d.lists:
+            return self.d.field(json, key)
+        if json == ROOT:
+            index = self.hoisted.setdefault(key, len(self.hoisted) + 1)
+            return f"r.{HOISTED}[{index}]"
+        base, keys = self._paths.get(json, (json, []))
+        sql = f"({base} -> {self.d.literal(self.d.json_path([*keys, key]))})"
+        self._paths[sql] = (base, [*keys, key])
+        return sql
+
+    def field_text(self, json: str, key: str) -> str:
+        """The child ``key`` as text."""
+        if not self.d.lists:
+            return self.d.field_text(json, key)
+        if json == ROOT:
+            return self.d.text(self.field(json, key))
+        base, keys = self._paths.get(json, (json, []))
+        return f"({base} ->> {self.d.literal(self.d.json_path([*keys, key]))})"
+
+    def array_of(self, json: str) -> tuple[str, str]:
+        """(JSON, wildcard path) of the elements of the array ``json`` (DuckDB)."""
+        base, keys = self._paths.get(json, (json, []))
+        return base, self.d.json_path([*keys, "[*]"])
 
     def alias(self) -> str:
         """A fresh table alias."""
@@ -78,6 +112,8 @@ class Compiler:
             return dataclasses.replace(v.many, sources=list(v.many.sources))
         a = self.alias()
         value = v.one if v.one is not None else "NULL"
+        if self.d.lists:  # the singleton itself, filtered in place (no subquery)
+            return Coll([self.d.one_row(a)], value, [], native=v.native, single=True)
         return Coll([f"(SELECT {value} AS v) AS {a}"], f"{a}.v", [], native=v.native)
 
     def single(self, v: Val) -> Val:
@@ -195,20 +231,61 @@ class Compiler:
             return dataclasses.replace(base, type=child.type, text=None)
         if base.many is not None:
             c = self.coll(base)
+            json = self.field(c.value, child.key)
             if child.is_array:
                 a = self.alias()
-                c.sources.append(self.d.elements(self.d.field(c.value, child.key), a))
+                c.sources.append(self.d.elements(json, a))
                 c.value, c.order = f"{a}.v", [*c.order, self.d.index(a)]
             else:
-                c.value = self.d.field(c.value, child.key)
+                c.value = json
+            if c.single and child.is_array:  # a singleton's array: a list from here on
+                c.single = False
+                if not c.conds:
+                    c.jpath = self.array_of(json)
+                    c.lst = self.d.list_of(*c.jpath)
+            elif c.lst is not None:
+                self._list_step(c, child.key, bool(child.is_array))
             return Val(child.type, many=c)
         parent = base.one or "NULL"
-        json = self.d.field(parent, child.key)
+        json = self.field(parent, child.key)
         if child.is_array:
             a = self.alias()
             coll = Coll([self.d.elements(json, a)], f"{a}.v", [self.d.index(a)])
+            if self.d.lists:
+                coll.jpath = self.array_of(json)
+                coll.lst = self.d.list_of(*coll.jpath)
             return Val(child.type, many=coll)
-        return Val(child.type, one=json, text=self.d.field_text(parent, child.key))
+        return Val(child.type, one=json, text=self.field_text(parent, child.key))
+
+    def _list_step(self, c: Coll, key: str, is_array: bool) -> None:
+        """``c.lst`` (DuckDB list form) extended by one member step."""
+        assert c.lst is not None
+        step = [key, "[*]"] if is_array else [key]
+        if c.jpath is not None:  # one wildcard path from the same JSON: extend it
+            json, path = c.jpath
+            c.jpath = (json, path + self.d.json_path(step)[1:])
+            c.lst = self.d.list_of(json, c.jpath[1])
+            return
+        x = self.alias()
+        if is_array:
+            inner = self.d.list_of(x, self.d.json_path(step))
+            c.lst = f"flatten(list_transform({c.lst}, lambda {x}: {inner}))"
+        else:
+            got = f"list_transform({c.lst}, lambda {x}: {self.d.field(x, key)})"
+            c.lst = f"list_filter({got}, lambda {x}: {x} IS NOT NULL)"
+
+    def list_filter(self, c: Coll, item_type: FType, criterion: Callable[[Val], str]) -> None:
+        """Keep ``c.lst`` in step with a filter just added to ``c.conds`` (DuckDB): the
+        criterion compiled again on a lambda variable, or no list form when it needs a
+        subquery (DuckDB lambdas cannot hold one)."""
+        if c.lst is None or c.single:
+            return
+        x = self.alias()
+        sql = criterion(Val(item_type, one=x))
+        if "SELECT" in sql:
+            c.lst = c.jpath = None
+            return
+        c.lst, c.jpath = f"list_filter({c.lst}, lambda {x}: {sql})", None
 
     def resolve_choice(self, v: Val, type_name: str | None) -> Val:
         """Narrow a choice element to one type (``ofType``), or to any present type."""
@@ -223,7 +300,9 @@ class Compiler:
         keys = [key for _, key, _ in options]
         if v.many is not None:
             c = self.coll(v)
-            c.value = "COALESCE(" + ", ".join(self.d.field(c.value, k) for k in keys) + ")"
+            c.value = "COALESCE(" + ", ".join(self.field(c.value, k) for k in keys) + ")"
+            if not c.single:
+                c.lst = c.jpath = None
             return Val(ANY, many=c)
         parent = v.one or "NULL"
-        return Val(ANY, one="COALESCE(" + ", ".join(self.d.field(parent, k) for k in keys) + ")")
+        return Val(ANY, one="COALESCE(" + ", ".join(self.field(parent, k) for k in keys) + ")")

@@ -31,6 +31,12 @@ class Coll:
     order: list[str]
     conds: list[str] = field(default_factory=list)
     native: str | None = None  # SQL kind of ``value`` when not JSON
+    # DuckDB only: ``single`` marks a singleton seen as a collection (``sources`` is one
+    # row, ``value`` the singleton itself); ``lst`` is the same elements as a LIST
+    # expression (no subquery), ``jpath`` that list as (JSON, path with ``[*]``).
+    single: bool = False
+    lst: str | None = None
+    jpath: tuple[str, str] | None = None
 
 
 class Dialect(ABC):
@@ -38,6 +44,7 @@ class Dialect(ABC):
 
     name = ""
     sqlglot = ""
+    lists = False  # collections as list expressions, resource fields extracted once
     types = {BOOL: "BOOLEAN", INT: "BIGINT", NUM: "DOUBLE", TEXT: "VARCHAR", "json": "JSON"}
 
     def ident(self, name: str) -> str:
@@ -157,6 +164,19 @@ class Dialect(ABC):
         """A decimal text as an exact decimal (boundaries are exact arithmetic)."""
         return f"CAST({text} AS DECIMAL(38, 18))"
 
+    def hoist(self, source: str, keys: list[str], alias: str) -> str:
+        """``source`` with its top-level JSON ``keys`` extracted once (dialects with lists)."""
+        raise NotImplementedError
+
+    def list_of(self, json: str, path: str) -> str:
+        """The values a wildcard JSON path reaches (dialects with lists)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def json_path(keys: list[str]) -> str:
+        """A JSON path of object keys and ``[*]`` (array elements) steps."""
+        return "$" + "".join(k if k == "[*]" else f'."{k}"' for k in keys)
+
     def int_array(self, items: list[str]) -> str:
         """An array of integers (repeat paths)."""
         return "[" + ", ".join(items) + "]"
@@ -171,9 +191,68 @@ class Dialect(ABC):
 
 
 class DuckDB(Dialect):
-    """DuckDB: JSON type, json_each for arrays, lists for collections."""
+    """DuckDB: JSON type, lists for collections.
+
+    What a person would write in DuckDB: the resource's top-level elements are parsed
+    out of the JSON once per row (one ``json_extract`` with a list of paths, see
+    :meth:`hoist`) rather than once per column; collections are LIST expressions
+    (``json_extract(x, '$.a[*].b')``, ``list_filter``) indexed or measured directly, and
+    ``forEach`` is an ``unnest``. Only what cannot be a list (``join()``, nested
+    collections inside a lambda, ``repeat``) falls back to correlated ``json_each``
+    subqueries.
+    """
 
     name = sqlglot = "duckdb"
+    lists = True
+
+    def hoist(self, source: str, keys: list[str], alias: str) -> str:
+        """``source`` with its top-level ``keys`` parsed once into the list ``alias``."""
+        paths = ", ".join(self.literal(self.json_path([k])) for k in keys)
+        return f"(SELECT content, json_extract(content, [{paths}]) AS {alias} FROM {source} AS s)"
+
+    def list_of(self, json: str, path: str) -> str:
+        """The values a wildcard JSON path reaches, in document order."""
+        return f"json_extract({json}, {self.literal(path)})"
+
+    def _single(self, coll: Coll) -> str | None:
+        """A singleton collection's condition (value present, filters hold)."""
+        if not coll.single or len(coll.sources) != 1:
+            return None
+        return " AND ".join([f"{coll.value} IS NOT NULL", *coll.conds])
+
+    def first(self, coll: Coll, offset: str | None = None) -> str:
+        single = self._single(coll)
+        if single is not None:
+            at = f" AND {offset} = 0" if offset is not None else ""
+            return f"(CASE WHEN {single}{at} THEN {coll.value} END)"
+        if coll.lst is None:
+            return super().first(coll, offset)
+        if offset is None:
+            return f"({coll.lst})[1]"
+        if offset.isdigit():
+            return f"({coll.lst})[{int(offset) + 1}]"
+        return f"(CASE WHEN {offset} >= 0 THEN ({coll.lst})[{offset} + 1] END)"
+
+    def exists(self, coll: Coll) -> str:
+        single = self._single(coll)
+        if single is not None:
+            return f"COALESCE({single}, FALSE)"
+        if coll.lst is None:
+            return super().exists(coll)
+        return f"COALESCE(len({coll.lst}) > 0, FALSE)"
+
+    def count(self, coll: Coll) -> str:
+        single = self._single(coll)
+        if single is not None:
+            return f"(CASE WHEN {single} THEN 1 ELSE 0 END)"
+        if coll.lst is None:
+            return super().count(coll)
+        return f"COALESCE(len({coll.lst}), 0)"
+
+    def with_index(self, coll: Coll) -> str:
+        if coll.lst is None or coll.single:
+            return super().with_index(coll)
+        return f"(SELECT u.v, u.i - 1 AS i FROM unnest({coll.lst}) WITH ORDINALITY AS u(v, i))"
 
     def text(self, json: str) -> str:
         return f"({json} ->> '$')"

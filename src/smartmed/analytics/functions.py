@@ -30,6 +30,11 @@ def _where(c: Compiler, node: fp.Call, base: Val, focus: Val, ri: str) -> Val:
     item = Val(base.type, many=coll)
     criterion = c.compile(node.args[0], c.element(item), ri)
     coll.conds.append(c.boolean(criterion, "the where() criterion"))
+    c.list_filter(
+        coll,
+        base.type,
+        lambda x: c.boolean(c.compile(node.args[0], x, ri), "the where() criterion"),
+    )
     return item
 
 
@@ -104,6 +109,7 @@ def _extension(c: Compiler, node: fp.Call, base: Val, focus: Val, ri: str) -> Va
     ext = c.coll(c.member(base, "extension"))
     item = Val(c.model.named("Extension") or ANY, many=ext)
     ext.conds.append(f"{c.native(c.member(c.element(item), 'url'), TEXT)} = {url}")
+    c.list_filter(ext, item.type, lambda x: f"{c.native(c.member(x, 'url'), TEXT)} = {url}")
     return item
 
 

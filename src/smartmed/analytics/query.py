@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from smartmed.analytics.compiler import CompileError, Compiler, Val
+from smartmed.analytics.compiler import HOISTED, ROOT, CompileError, Compiler, Val
 from smartmed.analytics.dialects import Dialect, Unsupported
 from smartmed.analytics.types import ANY, BOOL, TEXT, TypeModel, kind_of
 from smartmed.analytics.viewdef import Column, Expr, Select, View
@@ -42,6 +42,7 @@ class CompiledView:
 class _Level:
     cols: list[tuple[OutputColumn, str]] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)
 
 
 class _ViewCompiler:
@@ -96,7 +97,8 @@ class _ViewCompiler:
             for branch in sel.union_all:
                 subs.append(_Level())
                 self.select(branch, focus, row_index, subs[-1])
-                branches.append(self.render(subs[-1], self.d.one_row(self.c.alias()), []))
+                one = self.d.one_row(self.c.alias())
+                branches.append(self.render(subs[-1], one, subs[-1].where))
             a = self.c.alias()
             level.joins.append(f" CROSS JOIN LATERAL ({' UNION ALL '.join(branches)}) AS {a}")
             for out, _ in subs[0].cols:
@@ -106,6 +108,12 @@ class _ViewCompiler:
         assert sel.for_each is not None
         v = self.expr(sel.for_each, focus, row_index)
         coll = self.c.coll(v)
+        if coll.single and not sel.or_null:
+            # forEach over a singleton (``where(value.exists())``): at most this row, so a
+            # filter on it; the focus stays the singleton (fields still parsed once).
+            level.where.append(" AND ".join([f"{coll.value} IS NOT NULL", *coll.conds]))
+            item = v if v.many is None else Val(v.type, one=coll.value, native=coll.native)
+            return item, "0"
         a = self.c.alias()
         if sel.or_null:
             level.joins.append(f" LEFT JOIN LATERAL {self.d.with_index(coll)} AS {a} ON TRUE")
@@ -177,7 +185,7 @@ class _ViewCompiler:
                 f"'{self.view.resource}' is not a FHIR R4 resource type",
                 expression="ViewDefinition.resource",
             )
-        focus = Val(resource, one="r.content")
+        focus = Val(resource, one=ROOT)
         conds = []
         for w in self.view.where:
             v = self.expr(w, focus, "0")
@@ -190,7 +198,9 @@ class _ViewCompiler:
         level = _Level()
         for sel in self.view.select:
             self.select(sel, focus, "0", level)
-        sql = self.render(level, f"{source} AS r", conds)
+        if self.c.hoisted:
+            source = self.d.hoist(source, list(self.c.hoisted), HOISTED)
+        sql = self.render(level, f"{source} AS r", [*conds, *level.where])
         columns = tuple(out for out, _ in level.cols)
         return CompiledView(sql, columns, self.view.resource)
 
