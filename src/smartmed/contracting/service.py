@@ -133,7 +133,8 @@ def bounds(contract: dict[str, Any]) -> tuple[datetime, datetime]:
     # A date ends with its day; an instant (a termination) ends at that instant.
     high = datetime(9999, 12, 31)
     if end is not None:
-        high = end[0] if "T" in str(applies["end"]) else end[1]
+        # date_range's upper bound is the last microsecond of the day: make it exclusive.
+        high = end[0] if "T" in str(applies["end"]) else end[1] + timedelta(microseconds=1)
     return _aware(low), _aware(high)
 
 
