@@ -18,6 +18,7 @@ from smartmed.payments.provider import PaymentRequest, SandboxProvider
 from smartmed.payments.tables import (
     payment_callback,
     payment_ledger,
+    payment_order,
     payment_refund,
     sandbox_payment,
 )
@@ -174,8 +175,8 @@ async def test_amount_mismatch_is_refunded_and_escalated_never_activated(
     # The order can no longer be paid through that payment: it expires.
     async with engine.db.write() as conn:
         await conn.execute(
-            update(service.payment_order)
-            .where(service.payment_order.c.id == order.id)
+            update(payment_order)
+            .where(payment_order.c.id == order.id)
             .values(expires_at=row.created_at)
         )
     assert await service.expire_order(engine, order_id=order.id) == "expired"
@@ -189,8 +190,8 @@ async def test_late_payment_after_expiry_is_refunded(
     checkout = await service.start_checkout(engine, order_id=order.id)
     async with engine.db.write() as conn:
         await conn.execute(
-            update(service.payment_order)
-            .where(service.payment_order.c.id == order.id)
+            update(payment_order)
+            .where(payment_order.c.id == order.id)
             .values(expires_at=order.created_at)
         )
     assert await service.expire_order(engine, order_id=order.id) == "expired"
