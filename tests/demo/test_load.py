@@ -89,7 +89,14 @@ def test_resolved_households_carry_no_conditional_reference() -> None:
     assert len(after) == len(before)
 
 
-async def _load_and_check(settings: Settings, *, concurrency: int, processes: int = 1) -> None:
+async def _load_and_check(
+    settings: Settings,
+    *,
+    concurrency: int | None,
+    processes: int = 1,
+    bulk: bool = False,
+    workers: int | None = None,
+) -> None:
     engine = FhirEngine.build(settings)
     try:
         await migrate(engine.db)
@@ -101,6 +108,8 @@ async def _load_and_check(settings: Settings, *, concurrency: int, processes: in
             concurrency=concurrency,
             processes=processes,
             show_progress=False,
+            bulk=bulk,
+            workers=workers,
         )
         expected = _generated(90, 8)
         assert report.created == expected
@@ -116,6 +125,22 @@ async def test_load_on_sqlite(tmp_path: Path) -> None:
     need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
     settings = _settings(f"sqlite+aiosqlite:///{tmp_path}/demo.db", tmp_path)
     await _load_and_check(settings, concurrency=1)
+
+
+async def test_bulk_load_on_sqlite(tmp_path: Path) -> None:
+    need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
+    settings = _settings(f"sqlite+aiosqlite:///{tmp_path}/demo.db", tmp_path)
+    await _load_and_check(settings, concurrency=None, bulk=True, workers=1)
+
+
+@pytest.mark.postgres
+async def test_bulk_load_on_postgres(tmp_path: Path) -> None:
+    need((ROOT / "node_modules" / "hl7.fhir.r4.examples").is_dir(), "run `npm ci` first")
+    url = await create_pg_database()
+    try:
+        await _load_and_check(_settings(url, tmp_path), concurrency=3, bulk=True, workers=2)
+    finally:
+        await drop_pg_database(url)
 
 
 @pytest.mark.postgres
@@ -144,6 +169,10 @@ async def test_several_processes_need_postgres(tmp_path: Path) -> None:
     try:
         await migrate(engine.db)
         with pytest.raises(ValueError, match="PostgreSQL"):
+            await load_county(
+                engine, residents=5, seed=1, processes=2, show_progress=False, bulk=False
+            )
+        with pytest.raises(ValueError, match="worker processes"):
             await load_county(engine, residents=5, seed=1, processes=2, show_progress=False)
         assert await _stored(engine) == (Counter(), 0)  # nothing written
     finally:

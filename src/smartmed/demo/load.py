@@ -1,17 +1,19 @@
-"""Load the synthetic county into the store through the transaction engine (``smartmed demo``).
+"""Load the synthetic county into the store through the engine (``smartmed demo``).
 
-Every resource goes through ``bundles.transaction``: validated, indexed, versioned, with
-its outbox event. What this module chooses is how the work is cut (measured with
-``bench/demo.py``):
+Every resource is validated against the R4 definitions, indexed for every search
+parameter, versioned (history row), sealed where it holds a sensitive identifier and
+announced in the outbox, and the access grants it carries are written with it. What
+this module chooses is how the work is cut (measured with ``bench/demo.py``):
 
-* the organisation Bundle first, alone; its response gives the id of every organisation
-  and practitioner, so the households' conditional references
-  (``Organization?identifier=…``) are rewritten to literal ones before they are sent —
-  one dictionary look-up instead of one search per reference and transaction;
-* several households per transaction (fewer commits and statements per resource; ten
-  did better than one, 25 or 50 on both databases);
-* on PostgreSQL, several transactions in flight on separate connections, so that the
-  Python work of one overlaps the database work of the others (SQLite has one writer).
+* the organisation Bundle first, alone, through the ordinary transaction; its response
+  gives the id of every organisation and practitioner, so the households' conditional
+  references (``Organization?identifier=…``) are rewritten to literal ones before they
+  are sent — one dictionary look-up instead of one search per reference and transaction;
+* then the households, several per transaction, through the bulk path
+  (``fhir/storage/pipeline.py``): prepared in worker processes on every core, written
+  with ``COPY`` on PostgreSQL while the next ones are prepared (``bulk=True``, the
+  default), or through the ordinary transaction engine (``bulk=False``: several
+  transactions in flight on PostgreSQL, the loader as it was before).
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from smartmed.demo.generator import generate_county
 from smartmed.fhir import bundles
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.storage.migrate import is_current, migrate
+from smartmed.fhir.storage.pipeline import load_transactions
 from smartmed.fhir.storage.tables import resource
 
 Bundle = dict[str, Any]
 
 HOUSEHOLDS_PER_TRANSACTION = 10  # about 80 resources; measured in bench/demo.py
+BULK_HOUSEHOLDS_PER_TRANSACTION = 50  # the bulk path's, measured in bench/demo.py
 POSTGRES_CONCURRENCY = 3  # transactions in flight on PostgreSQL; measured in bench/demo.py
 
 
@@ -70,15 +74,23 @@ class LoadReport:
 def _tally(bundle: Bundle, response: str, report: LoadReport) -> list[str]:
     """Count created (201) and reused (200, ifNoneExist matched) resources; their references."""
     answers = orjson.loads(response).get("entry", [])
+    results = []
+    for answer in answers:
+        status = str(answer.get("response", {}).get("status", "")).split(" ", 1)[0]
+        results.append((int(status) if status.isdigit() else 0, str(answer.get("fullUrl", ""))))
+    return _count(bundle, results, report)
+
+
+def _count(bundle: Bundle, results: list[tuple[int, str]], report: LoadReport) -> list[str]:
+    """Count (status, reference) per entry of ``bundle``; the references."""
     stored = []
-    for request, answer in zip(bundle["entry"], answers, strict=True):
-        status = str(answer.get("response", {}).get("status", ""))
+    for request, (status, reference) in zip(bundle["entry"], results, strict=True):
         kind = request["resource"]["resourceType"]
-        if status.startswith("201"):
+        if status == 201:
             report.created[kind] += 1
-        elif status.startswith("200"):
+        elif status == 200:
             report.reused[kind] += 1
-        stored.append(str(answer.get("fullUrl", "")))
+        stored.append(reference)
     return stored
 
 
@@ -166,6 +178,29 @@ async def _send(
             task.cancel()
 
 
+async def _send_bulk(
+    engine: FhirEngine,
+    chunks: Iterable[tuple[Bundle, int]],
+    report: LoadReport,
+    writers: int | None,
+    workers: int | None,
+    targets: dict[str, str],
+    advance: Callable[[int], None],
+) -> None:
+    """Load the transaction Bundles through the bulk pipeline; a failed one stops the load."""
+    outcomes = load_transactions(
+        engine, chunks, lambda chunk: chunk[0], workers=workers, writers=writers, known=targets
+    )
+    async for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+        bundle, people = outcome.item
+        stored = _count(bundle, outcome.entries, report)
+        if not report.sample:
+            report.sample = list(zip(bundle["entry"], stored, strict=True))
+        advance(people)
+
+
 def _households(
     county: Iterator[Bundle], report: LoadReport, targets: dict[str, str]
 ) -> Iterator[Bundle]:
@@ -181,22 +216,34 @@ async def load_county(
     *,
     residents: int,
     seed: int,
-    households_per_transaction: int = HOUSEHOLDS_PER_TRANSACTION,
+    households_per_transaction: int | None = None,
     concurrency: int | None = None,
     processes: int = 1,
     resolve: bool = True,
     show_progress: bool = True,
+    bulk: bool = True,
+    workers: int | None = None,
 ) -> LoadReport:
     """Generate the county for ``seed`` and load it; what was created and how fast.
 
-    ``concurrency`` transactions are in flight at once in each loader process (default:
-    ``POSTGRES_CONCURRENCY`` on PostgreSQL, 1 on SQLite); ``processes`` > 1 (PostgreSQL
-    only) spreads the households' transactions over that many loader processes, each
-    with its own engine, so that validation and indexing use several cores; ``resolve``
-    rewrites conditional references to the organisations and staff into literal ones.
+    With ``bulk`` (the default) the households go through the bulk path: ``workers``
+    processes prepare them (default: one per core; 0: this process), ``concurrency``
+    transactions are written at once (default: ``pipeline.POSTGRES_WRITERS`` on
+    PostgreSQL, 1 on SQLite). Without it, through the ordinary transaction engine:
+    ``concurrency`` transactions in flight in each loader process (default:
+    ``POSTGRES_CONCURRENCY`` on PostgreSQL, 1 on SQLite) and ``processes`` > 1
+    (PostgreSQL only) loader processes, each with its own engine. ``resolve`` rewrites
+    conditional references to the organisations and staff into literal ones.
     """
-    if concurrency is None:
-        concurrency = POSTGRES_CONCURRENCY if engine.db.is_postgres else 1
+    if households_per_transaction is None:
+        households_per_transaction = (
+            BULK_HOUSEHOLDS_PER_TRANSACTION if bulk else HOUSEHOLDS_PER_TRANSACTION
+        )
+    if bulk and processes > 1:
+        raise ValueError("the bulk path prepares in worker processes: use workers=")
+    in_flight = concurrency
+    if in_flight is None:
+        in_flight = POSTGRES_CONCURRENCY if engine.db.is_postgres else 1
     if processes > 1 and not engine.db.is_postgres:
         raise ValueError("several loader processes need PostgreSQL (SQLite has one writer)")
     report = LoadReport(residents=residents)
@@ -207,14 +254,17 @@ async def load_county(
     report.references = conditional_targets(organisations, _tally(organisations, response, report))
     targets = report.references if resolve else {}
     with progress(residents, "residents") if show_progress else _silent() as advance:
-        if processes > 1:
+        if bulk:  # the references are resolved while each bundle is planned
+            chunks = merge(_households(county, report, {}), households_per_transaction)
+            await _send_bulk(engine, chunks, report, concurrency, workers, targets, advance)
+        elif processes > 1:
             await _load_in_processes(
-                engine, report, seed, households_per_transaction, concurrency, processes,
+                engine, report, seed, households_per_transaction, in_flight, processes,
                 targets, advance,
             )  # fmt: skip
         else:
             chunks = merge(_households(county, report, targets), households_per_transaction)
-            await _send(engine, chunks, report, concurrency, advance)
+            await _send(engine, chunks, report, in_flight, advance)
     report.seconds = time.perf_counter() - started
     report.cpu_seconds += time.process_time() - cpu_started
     return report
