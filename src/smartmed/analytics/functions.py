@@ -129,9 +129,8 @@ def _reference_key(c: Compiler, node: fp.Call, base: Val, focus: Val, ri: str) -
     if wanted is not None and c.model.resource(wanted) is None:
         raise CompileError(f"unknown resource type '{wanted}' in getReferenceKey()")
     ref = c.native(c.member(c.single(base), "reference"), TEXT)
-    key = c.d.regex_group(ref, _REF, 2)
+    type_, key = c.d.reference_parts(ref, _REF)
     if wanted is not None:
-        type_ = c.d.regex_group(ref, _REF, 1)
         key = f"(CASE WHEN {type_} = {c.d.literal(wanted)} THEN {key} END)"
     return Val(native_type(TEXT), one=key, native=TEXT)
 

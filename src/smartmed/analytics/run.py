@@ -82,8 +82,15 @@ def run_ndjson(raw: object, folder: Path) -> Result:
 async def run_postgres(db: Database, compiled: CompiledView) -> Result:
     """Execute in the PostgreSQL store (one statement: one consistent snapshot)."""
     async with db.read() as conn:
-        result = await conn.exec_driver_sql(compiled.sql)
-        rows = [tuple(r) for r in result.fetchall()]
+        # A view's many JSON expressions make the plan look expensive, so PostgreSQL
+        # JIT-compiles it: ~1.2 s of LLVM for a query that runs in 0.2 s (observations,
+        # 300 residents). Off for this statement; the pooled connection is reset after.
+        await conn.exec_driver_sql("SET jit = off")
+        try:
+            result = await conn.exec_driver_sql(compiled.sql)
+            rows = [tuple(r) for r in result.fetchall()]
+        finally:
+            await conn.exec_driver_sql("RESET jit")
     return Result(compiled.columns, rows)
 
 
