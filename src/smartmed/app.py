@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 
 import orjson
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from smartmed.access.policy_store import PolicyRefreshMiddleware
 from smartmed.access.router import build_access_router
 from smartmed.config import Settings, get_settings
 from smartmed.fhir.api import build_router
@@ -26,6 +27,7 @@ from smartmed.identity.router import build_identity_router
 from smartmed.logging import configure_logging
 from smartmed.metrics import MetricsMiddleware, metrics_endpoint
 from smartmed.portal import install_portal
+from smartmed.portal.errors import error_page, is_portal_path
 
 log = structlog.get_logger("smartmed.app")
 
@@ -108,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_portal_path(request.url.path):  # portal pages: localized HTML (docs/portal.md)
+            return error_page(request, exc.status_code)
         code = _HTTP_CODES.get(exc.status_code, "processing")
         return _outcome(exc.status_code, code, str(exc.detail))
 
@@ -117,14 +121,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _outcome(400, "invalid", f"invalid request: {exc.errors()}")
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> Response:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", error_type=type(exc).__name__)
+        if is_portal_path(request.url.path):
+            return error_page(request, 500)
         return _outcome(500, "exception", "internal error; the request was not applied")
 
     app.include_router(build_identity_router())
     app.include_router(build_access_router())
     app.include_router(build_router())
     install_portal(app, settings)  # web portal at / (docs/portal.md)
+    from smartmed.portal import csrf_protect
+    from smartmed.portal.admin import rights
+
+    app.include_router(rights.build_router(), dependencies=[Depends(csrf_protect)])
     from smartmed.jobs.admin import build_admin_router
     from smartmed.jobs.websocket import build_websocket_router
 
@@ -156,4 +166,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _outcome(503, "transient", f"database unavailable: {type(exc).__name__}")
         return Response(b'{"status":"ready"}', 200, media_type="application/json")
 
+    # Outermost: the newest stored access rights before any guard is built (docs/access.md).
+    app.add_middleware(PolicyRefreshMiddleware)
     return app

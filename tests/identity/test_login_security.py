@@ -24,6 +24,8 @@ from tests.identity.conftest import (
     http,
 )
 
+EN = {"Accept-Language": "en"}  # the login page speaks the portal's languages (zh-CN default)
+
 
 def test_password_policy_messages() -> None:
     assert policy_problems("Correct-Horse-42", "alice") == []
@@ -59,7 +61,7 @@ async def test_brute_force_locks_the_account(auth_app: FastAPI, identity: Identi
         "resident-lock", PASSWORD, fhir_user="Patient/r1", roles=[RoleAssignment(Role.RESIDENT)]
     )
     url = await _authorize_url(identity)
-    async with http(auth_app) as browser:
+    async with http(auth_app, headers=EN) as browser:
         page = await browser.get(url)
         fields = form_fields(page.text)
         for _ in range(5):
@@ -100,7 +102,7 @@ async def test_staff_need_totp(auth_app: FastAPI, identity: Identity) -> None:
         with_totp=True,
     )
     url = await _authorize_url(identity)
-    async with http(auth_app) as browser:
+    async with http(auth_app, headers=EN) as browser:
         page = await browser.get(url)
         r = await browser.post(
             "/oauth/login",

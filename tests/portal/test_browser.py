@@ -157,15 +157,16 @@ def shot(page: Any, name: str) -> None:
 
 
 def sign_in(page: Any, live: Live, username: str) -> None:
+    """Through the provider's login page, in whichever language it speaks."""
     page.goto(live.base + "/")
     page.get_by_test_id("login").click()
-    page.get_by_label("Account").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.locator("#login-username").fill(username)
+    page.locator("#login-password").fill(PASSWORD)
+    page.locator("main form button[type=submit]").click()
     secret = live.totp.get(username)
     if secret:
-        page.get_by_label("Code from your authenticator app").fill(pyotp.TOTP(secret).now())
-        page.get_by_role("button", name="Verify").click()
+        page.locator("#login-code").fill(pyotp.TOTP(secret).now())
+        page.locator("main form button[type=submit]").click()
     page.wait_for_url(live.base + "/")
 
 
@@ -392,5 +393,96 @@ def test_language_can_be_changed_from_the_keyboard(live: Live, chromium: Any) ->
     page.keyboard.press("Enter")
     page.get_by_role("heading", name="居民、家庭医生和医疗卫生机构的统一门户").wait_for()
     assert page.locator("html").get_attribute("lang") == "zh-CN"
+    watch.check()
+    context.close()
+
+
+def test_login_page_speaks_the_portal_languages(live: Live, chromium: Any) -> None:
+    """The provider's login page: the portal's look and language (browser language, then
+    the choice made in the portal), labelled fields, the TOTP step, errors translated."""
+    context = chromium.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    page.goto(live.base + "/login")
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    page.get_by_role("heading", name="登录").wait_for()
+    # Styled by the portal's own stylesheets (served locally).
+    assert page.locator("link[href='/static/portal/portal.css']").count() == 1
+    page.get_by_label("账号名").fill("browser-nurse")
+    page.get_by_label("密码").fill("wrong-password-1")
+    page.get_by_role("button", name="登录").click()
+    expect(page.get_by_role("alert")).to_have_text("账号或密码错误")
+    assert page.get_by_label("密码").get_attribute("aria-invalid") == "true"
+    shot(page, "login-error-zh")
+    page.get_by_label("账号名").fill("browser-nurse")
+    page.get_by_label("密码").fill(PASSWORD)
+    page.get_by_role("button", name="登录").click()
+    page.get_by_role("heading", name="第二步：输入验证码").wait_for()
+    shot(page, "login-totp-zh")
+    page.get_by_label("身份验证器应用中的验证码").fill("000000")
+    page.get_by_role("button", name="验证").click()
+    expect(page.get_by_role("alert")).to_have_text("验证码无效。")
+    secret = live.totp["browser-nurse"]
+    assert secret
+    page.get_by_label("身份验证器应用中的验证码").fill(pyotp.TOTP(secret).now())
+    page.get_by_role("button", name="验证").click()
+    page.wait_for_url(live.base + "/")
+    # Choosing English in the portal makes the next login page English.
+    page.get_by_label("语言").select_option("en")
+    page.get_by_role("button", name="Log out").click()
+    page.goto(live.base + "/login")
+    page.get_by_role("heading", name="Sign in").wait_for()
+    assert page.locator("html").get_attribute("lang") == "en"
+    text = page.locator("body").inner_text()
+    assert re.findall(r"[\u4e00-\u9fff]+", text) == ["中文"]  # the switch's own name
+    shot(page, "login-en")
+    # The page's own switch goes back to Chinese.
+    page.get_by_role("link", name="中文").click()
+    page.get_by_role("heading", name="登录").wait_for()
+    watch.check()
+    context.close()
+
+
+def test_administrator_edits_a_role_right(live: Live, chromium: Any) -> None:
+    context = chromium.new_context(locale="en", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    watch = Watch(page, live.base)
+    sign_in(page, live, "browser-admin")
+    page.get_by_role("navigation", name="Main navigation").get_by_role(
+        "link", name="Role rights"
+    ).click()
+    page.get_by_role("heading", name="Role rights").wait_for()
+    expect(page.get_by_test_id("in-force")).to_contain_text("the shipped default")
+    read = page.get_by_role("checkbox", name="Nurse — Clinical records: read", exact=True)
+    assert read.is_checked()
+    read.uncheck()
+    # Without a reason: the message next to the field, nothing saved, the edit kept.
+    page.get_by_role("button", name="Save the rights").click()
+    page.get_by_test_id("form-errors").wait_for()
+    assert page.locator("#e-reason").inner_text() == "This field is required."
+    assert not page.get_by_role(
+        "checkbox", name="Nurse — Clinical records: read", exact=True
+    ).is_checked()
+    shot(page, "rights-errors")
+    page.locator("#f-reason").fill("Nurses read clinical records only on the ward")
+    page.get_by_role("button", name="Save the rights").click()
+    page.get_by_text("Rights saved as version 1.").wait_for()
+    assert not page.get_by_role(
+        "checkbox", name="Nurse — Clinical records: read", exact=True
+    ).is_checked()
+    history = page.get_by_test_id("history")
+    expect(history).to_contain_text("Nurses read clinical records only on the ward")
+    expect(history).to_contain_text("nurse.clinical: crus → cus")
+    expect(history).to_contain_text("browser-admin")
+    shot(page, "rights-saved")
+    # Restoring the shipped default.
+    page.locator("#f-restore-reason").fill("Back to the shipped rights after the trial")
+    page.get_by_role("button", name="Restore the default").click()
+    page.get_by_text("Rights saved as version 2.").wait_for()
+    assert page.get_by_role(
+        "checkbox", name="Nurse — Clinical records: read", exact=True
+    ).is_checked()
+    expect(history).to_contain_text("Shipped default restored")
+    shot(page, "rights-restored")
     watch.check()
     context.close()

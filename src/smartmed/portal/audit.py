@@ -8,7 +8,11 @@
 
 Both read through the engine's search under the caller's access guard (installed by the
 portal session), exactly as ``GET /fhir/R4/AuditEvent`` would: an audit administrator may
-search every event, a resident only those of their own record.
+search every event, a resident only those of their own record. The audit trail is for the
+roles the access policy in force lets search the ``audit`` category for everyone (audit
+administrators as shipped; platform or institution administrators once the rights editor
+grants them ``audit: s``); an institution administrator sees the events of the staff of
+their own organisations (and those below them) only.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastapi import APIRouter, Request, Response
 from smartmed.identity.principal import Role
 from smartmed.portal import fhirdata
 from smartmed.portal.admin.listing import ListQuery
+from smartmed.portal.admin.scope import writable_orgs
 from smartmed.portal.nav import ROLE_LABELS, require
 from smartmed.portal.render import gettext_for, render
 from smartmed.portal.session import get_session
@@ -185,6 +190,42 @@ def _parse(request: Request) -> ListQuery:
     return query
 
 
+async def jurisdiction_agents(request: Request) -> list[str] | None:
+    """For an institution administrator: the practitioners with a role in their
+    organisations or below (the agents whose events they see); None: no restriction."""
+    if get_session(request).active_role != Role.INSTITUTION_ADMIN:
+        return None
+    allowed = await writable_orgs(request)
+    if allowed is None:
+        return None
+    if not allowed:
+        return []
+    orgs = ",".join(f"Organization/{o}" for o in sorted(allowed))
+    roles = await fhirdata.search_all(
+        request, "PractitionerRole", [("organization", orgs), ("_elements", "practitioner")], 5000
+    )
+    found = {
+        str((r.get("practitioner") or {}).get("reference") or "")
+        for r in roles
+        if str((r.get("practitioner") or {}).get("reference") or "").startswith("Practitioner/")
+    }
+    return sorted(found)
+
+
+def restrict_agents(
+    params: list[tuple[str, str]], agents: list[str] | None
+) -> list[tuple[str, str]] | None:
+    """``params`` limited to events of ``agents`` (None: nothing can match)."""
+    if agents is None:
+        return params
+    chosen = [v for k, v in params if k == "agent"]
+    if chosen:
+        return params if chosen[0] in agents else None
+    if not agents:
+        return None
+    return [*params, ("agent", ",".join(agents))]
+
+
 def _template(request: Request, page: str) -> str:
     fragment = request.headers.get("hx-request") == "true"
     return f"audit/{page}_results.html" if fragment else f"audit/{page}.html"
@@ -199,9 +240,13 @@ def build_router() -> APIRouter:
         _ = gettext_for(request)
         query = _parse(request)
         params, errors = search_params(query)
-        page = await fhirdata.search(
-            request, "AuditEvent", params, offset=query.offset, count=query.size
-        )
+        limited = restrict_agents(params, await jurisdiction_agents(request))
+        if limited is None:
+            page = fhirdata.Page([], {}, 0, query.offset, query.size)
+        else:
+            page = await fhirdata.search(
+                request, "AuditEvent", limited, offset=query.offset, count=query.size
+            )
         events = [describe(e, page.included) for e in page.items]
         return render(
             request,

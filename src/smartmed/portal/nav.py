@@ -2,9 +2,13 @@
 
 One table, read by the layout (navigation), the home page (tiles) and the routes
 (:func:`require`): a page a role cannot see in the navigation answers 403 to it too.
-Entries marked ``planned`` name work that belongs to other parts of the platform (role
-rights editing with the access policies, audit views with the audit trail); they are
-shown as such, greyed out, with no page behind them.
+Entries marked ``planned`` name work that belongs to other parts of the platform; they
+are shown as such, greyed out, with no page behind them.
+
+Entries with a ``right`` (role rights, the audit trail) follow the access policy in force,
+which administrators edit: a role sees them when its rights include that letter on that
+category for everyone's records (not only its own patients'); ``roles`` is what the
+shipped policy gives, used only where no policy is at hand.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from smartmed.access.policy import Category
+from smartmed.access.policy_store import ADMINISTER, policy_in_force
 from smartmed.identity.principal import Role
 from smartmed.portal.session import get_session
 
@@ -20,11 +26,13 @@ STAFF = frozenset(Role) - {Role.RESIDENT, Role.FAMILY_REPRESENTATIVE}
 ADMINS = frozenset({Role.INSTITUTION_ADMIN, Role.PLATFORM_ADMIN})
 ACCOUNT_ADMINS = frozenset({Role.INSTITUTION_ADMIN, Role.PLATFORM_ADMIN, Role.SYSTEM_ADMIN})
 PUBLIC = frozenset({Role.RESIDENT, Role.FAMILY_REPRESENTATIVE})
-# The access policy lets only audit administrators search every AuditEvent (docs/access.md);
-# security and platform administrators have no audit permission there.
+# Who may search every AuditEvent under the shipped policy (docs/access.md); the entry
+# follows the policy in force (``right``), so granting ``audit: s`` opens it to a role.
 AUDITORS = frozenset({Role.AUDIT_ADMIN})
 # Members of family-doctor teams (docs/contracting.md).
 CONTRACT_TEAM = frozenset({Role.FAMILY_DOCTOR, Role.NURSE, Role.PUBLIC_HEALTH_WORKER})
+# Who may edit the rights under the shipped policy: update on the system category.
+RIGHTS_ADMINS = frozenset({Role.PLATFORM_ADMIN, Role.SYSTEM_ADMIN})
 
 
 def _(text: str) -> str:
@@ -41,6 +49,19 @@ class Entry:
     group: str
     hint: str = ""
     planned: bool = False
+    right: tuple[Category, str] | None = None  # (category, letter) in the policy in force
+
+    def allows(self, role: Role) -> bool:
+        """Whether ``role`` may use this entry (under the policy in force, if it decides)."""
+        policy = policy_in_force.get() if self.right is not None else None
+        if policy is None or self.right is None:
+            return role in self.roles
+        rights = policy.roles.get(role.value)
+        category, letter = self.right
+        if rights is None or not rights.allows(category, letter):
+            return False
+        # Per-patient rights (a resident's own audit trail) are not the whole list.
+        return category not in ("clinical", "audit") or not rights.patients
 
 
 ENTRIES = (
@@ -128,11 +149,11 @@ ENTRIES = (
     Entry(
         "rights",
         _("Role rights"),
-        "",
-        frozenset({Role.PLATFORM_ADMIN, Role.SECURITY_ADMIN}),
+        "/admin/rights",
+        RIGHTS_ADMINS,
         _("Users and rights"),
-        _("Comes with the access-policy work"),
-        planned=True,
+        _("What each role may do, with its history"),
+        right=ADMINISTER,
     ),
     Entry(
         "audit",
@@ -141,6 +162,7 @@ ENTRIES = (
         AUDITORS,
         _("Users and rights"),
         _("Who accessed and changed which records"),
+        right=("audit", "s"),
     ),
 )
 BY_KEY = {e.key: e for e in ENTRIES}
@@ -166,7 +188,7 @@ def entries_for(role: Role | None) -> list[Entry]:
     """The navigation entries of a role, in display order."""
     if role is None:
         return []
-    return [e for e in ENTRIES if role in e.roles]
+    return [e for e in ENTRIES if e.allows(role)]
 
 
 def require(request: Request, key: str) -> None:
@@ -174,7 +196,8 @@ def require(request: Request, key: str) -> None:
     session = get_session(request)
     if session.account is None:
         raise LoginRequired()
-    if session.active_role not in BY_KEY[key].roles:
+    role = session.active_role
+    if role is None or not BY_KEY[key].allows(role):
         raise PageForbidden()
 
 

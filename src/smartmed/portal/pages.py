@@ -22,7 +22,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from smartmed.identity.loginpage import SESSION_COOKIE
+from smartmed.identity.loginpage import LANG_COOKIE, SESSION_COOKIE
 from smartmed.identity.principal import Role
 from smartmed.identity.service import get_identity
 from smartmed.portal import fhirdata, i18n, sso
@@ -37,6 +37,13 @@ log = structlog.get_logger("smartmed.portal")
 
 def see_other(path: str) -> RedirectResponse:
     return RedirectResponse(path, 303, headers={"Cache-Control": "no-store"})
+
+
+def remember_language(response: Response, locale: str) -> None:
+    """Tell the provider's login page (on ``/oauth``) which language was chosen."""
+    response.set_cookie(
+        LANG_COOKIE, locale, max_age=365 * 86400, httponly=True, secure=True, samesite="lax"
+    )
 
 
 async def preferred_language(request: Request, fhir_user: str | None) -> str | None:
@@ -139,7 +146,10 @@ def build_shell_router() -> APIRouter:
             lang = await preferred_language(request, account.fhir_user)
             if lang:
                 session.set("lang", lang)
-        return see_other(target)
+        response = see_other(target)
+        if session.get("lang"):
+            remember_language(response, str(session.get("lang")))
+        return response
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
@@ -173,7 +183,10 @@ def build_shell_router() -> APIRouter:
                 except fhirdata.FhirError:
                     # The session keeps the choice; the record is left as it was.
                     log.warning("language not stored on the account's record")
-        return see_other(sso.safe_next(form.get("next")))
+        response = see_other(sso.safe_next(form.get("next")))
+        if locale:
+            remember_language(response, locale)
+        return response
 
     @router.post("/role")
     async def switch_role(request: Request) -> Response:

@@ -1,0 +1,280 @@
+"""Role rights: the editor changes what the FHIR API lets a role do, who may use it, CSRF,
+validation in both languages, history and audit, and other processes following an edit."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from html import unescape
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+import smartmed.audit
+from smartmed.access.guard import AccessControl
+from smartmed.access.policy_store import (
+    PolicyStore,
+    PolicySync,
+    apply_rights,
+    rights_of,
+    sync_of,
+)
+from smartmed.fhir.definitions.locate import locate_definitions
+from smartmed.identity.principal import Role
+from smartmed.identity.service import get_identity
+from tests.portal.conftest import BASE, browser, csrf_of, fhir, login, make_user
+
+EN = {"Accept-Language": "en"}
+ZH = {"Accept-Language": "zh-CN"}
+REASON = "Ward policy review 2026-11"
+
+
+def checked(html: str) -> dict[str, list[str]]:
+    """The matrix as the browser would submit it: checked boxes by field name."""
+    out: dict[str, list[str]] = {}
+    for tag in re.findall(r"<input[^>]*type=\"checkbox\"[^>]*>", html):
+        if " checked" not in tag:
+            continue
+        name = unescape(re.search(r'name="([^"]+)"', tag).group(1))  # type: ignore[union-attr]
+        value = re.search(r'value="([^"]+)"', tag).group(1)  # type: ignore[union-attr]
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def form_of(matrix: dict[str, list[str]], **fields: str) -> dict[str, list[str] | str]:
+    return {**matrix, **fields}
+
+
+def base_of(html: str) -> str:
+    found = re.search(r'name="base" value="(\d+)"', html)
+    assert found, "no base version in the form"
+    return found.group(1)
+
+
+async def _restore(app: FastAPI) -> None:
+    """Leave the shared app with the shipped rights (other tests use it)."""
+    sync = sync_of(app.state.fhir.access)
+    assert sync is not None
+    await sync.refresh(force=True)
+    if rights_of(sync.control.policy) != rights_of(sync.shipped):
+        stored = await sync.store.save(
+            rights_of(sync.shipped),
+            base_version=sync.version,
+            author="test",
+            author_name="test",
+            reason="test clean-up: shipped default",
+            restored_default=True,
+        )
+        sync.apply(stored)
+
+
+@pytest.fixture
+async def clean(demo_app: FastAPI) -> AsyncIterator[FastAPI]:
+    await _restore(demo_app)
+    yield demo_app
+    await _restore(demo_app)
+
+
+async def _nurse(app: FastAPI) -> httpx.AsyncClient:
+    """An API client with the demo nurse's token (user scopes; the policy decides)."""
+    identity = get_identity(app)
+    found = await identity.accounts.login("nurse1", "Demo-Pass-2026!")
+    assert found.account is not None, found.error
+    account = found.account
+    token, _ = await identity.tokens.access_token(
+        issuer=BASE,
+        audience=f"{BASE}/fhir/R4",
+        subject=account.id,
+        client_id="rights-test",
+        scope="openid fhirUser user/*.cruds",
+        fhir_user=account.fhir_user,
+        roles=[{"role": str(r.role), "organization": r.organization or ""} for r in account.roles],
+    )
+    return browser(app, Authorization=f"Bearer {token}")
+
+
+async def test_nurse_read_follows_the_edited_rights(clean: FastAPI) -> None:
+    app = clean
+    admin = await make_user(app, (Role.PLATFORM_ADMIN, None), prefix="rightsadmin")
+    async with await _nurse(app) as nurse, browser(app, **EN) as c:
+        found = (await nurse.get("/fhir/R4/Patient", params={"_count": "1"})).json()
+        assert found.get("entry"), "the demo nurse reaches no patient"
+        patient = found["entry"][0]["resource"]["id"]
+        assert (await nurse.get(f"/fhir/R4/Patient/{patient}")).status_code == 200
+
+        home = await login(c, admin)
+        assert 'href="/admin/rights"' in home.text
+        page = await c.get("/admin/rights")
+        assert page.status_code == 200, page.text
+        matrix = checked(page.text)
+        assert matrix["p:nurse:clinical"] == ["c", "r", "u", "s"]
+        matrix["p:nurse:clinical"].remove("r")
+        r = await c.post(
+            "/admin/rights",
+            data=form_of(matrix, csrf=csrf_of(page.text), base=base_of(page.text), reason=REASON),
+        )
+        assert r.status_code == 303, r.text
+        shown = await c.get("/admin/rights")
+        assert "Rights saved as version" in shown.text
+        assert checked(shown.text)["p:nurse:clinical"] == ["c", "u", "s"]
+        assert REASON in shown.text and "nurse.clinical: crus → cus" in shown.text
+        assert admin.username in shown.text  # who, in the history
+
+        refused = await nurse.get(f"/fhir/R4/Patient/{patient}")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        # Search is a letter of its own: still allowed.
+        assert (await nurse.get("/fhir/R4/Patient", params={"_count": "1"})).status_code == 200
+
+        # The change is in the audit trail: who, the version, the cells, the reason.
+        await smartmed.audit.catch_up(app.state.fhir)
+        events = await fhir(app, "AuditEvent", subtype="access-policy", _sort="-date")
+        event = events["entry"][0]["resource"]
+        assert event["outcomeDesc"] == REASON
+        assert event["agent"][0]["who"]["identifier"]["value"] == admin.account_id
+        detail = {d["type"]: d["valueString"] for e in event["entity"] for d in e.get("detail", [])}
+        assert "nurse.clinical: crus → cus" in detail["changes"]
+
+        # Restoring the shipped default gives the nurse their read back.
+        page = await c.get("/admin/rights")
+        r = await c.post(
+            "/admin/rights/restore",
+            data={"csrf": csrf_of(page.text), "base": base_of(page.text), "reason": REASON},
+        )
+        assert r.status_code == 303, r.text
+        assert (await nurse.get(f"/fhir/R4/Patient/{patient}")).status_code == 200
+        shown = await c.get("/admin/rights")
+        assert "Shipped default restored" in shown.text
+        assert checked(shown.text)["p:nurse:clinical"] == ["c", "r", "u", "s"]
+
+
+async def test_only_rights_administrators_open_or_post(clean: FastAPI) -> None:
+    app = clean
+    sync = sync_of(app.state.fhir.access)
+    assert sync is not None
+    before = await sync.store.latest_version()
+    for role in (Role.NURSE, Role.SECURITY_ADMIN, Role.AUDIT_ADMIN, Role.INSTITUTION_ADMIN):
+        user = await make_user(app, (role, None), prefix="norights")
+        async with browser(app, **EN) as c:
+            home = await login(c, user)
+            assert 'href="/admin/rights"' not in home.text
+            assert (await c.get("/admin/rights")).status_code == 403
+            r = await c.post(
+                "/admin/rights",
+                data={"csrf": csrf_of(home.text), "base": "0", "reason": REASON},
+            )
+            assert r.status_code == 403
+    async with browser(app) as anonymous:
+        r = await anonymous.get("/admin/rights")
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    assert await sync.store.latest_version() == before
+
+
+async def test_csrf_and_validation(clean: FastAPI) -> None:
+    app = clean
+    sync = sync_of(app.state.fhir.access)
+    assert sync is not None
+    before = await sync.store.latest_version()
+    admin = await make_user(app, (Role.PLATFORM_ADMIN, None), prefix="rightsadmin")
+    async with browser(app, **ZH) as c:
+        await login(c, admin)
+        page = await c.get("/admin/rights")
+        matrix = checked(page.text)
+        matrix["p:nurse:clinical"].remove("r")
+        # No CSRF token, a wrong one: refused, nothing stored.
+        for token in (None, "forged"):
+            fields = {"base": base_of(page.text), "reason": REASON}
+            if token:
+                fields["csrf"] = token
+            r = await c.post("/admin/rights", data=form_of(matrix, **fields))
+            assert r.status_code == 403
+        r = await c.post("/admin/rights/restore", data={"base": "0", "reason": REASON})
+        assert r.status_code == 403
+        assert await sync.store.latest_version() == before
+        csrf = csrf_of(page.text)
+        base = base_of(page.text)
+        # A reason that is too short, in Chinese (the browser's language).
+        r = await c.post("/admin/rights", data=form_of(matrix, csrf=csrf, base=base, reason="x"))
+        assert r.status_code == 422
+        assert "请说明理由，至少 10 个字符。" in r.text and 'aria-invalid="true"' in r.text
+        # What was submitted is shown again (not the rights in force).
+        assert checked(r.text)["p:nurse:clinical"] == ["c", "u", "s"]
+        # Nobody left to edit the rights.
+        locked = checked(page.text)
+        for role in ("platform-admin", "system-admin"):
+            locked[f"p:{role}:system"] = ["c", "r", "d", "s"]
+        r = await c.post("/admin/rights", data=form_of(locked, csrf=csrf, base=base, reason=REASON))
+        assert r.status_code == 422 and "至少要有一个角色" in r.text
+        # Nothing changed.
+        same = checked(page.text)
+        r = await c.post("/admin/rights", data=form_of(same, csrf=csrf, base=base, reason=REASON))
+        assert r.status_code == 422 and "没有任何改动" in r.text
+        # A tampered letter or role.
+        bad = {**same, "p:nurse:clinical": ["r", "x"], "p:nobody:clinical": ["r"]}
+        r = await c.post("/admin/rights", data=form_of(bad, csrf=csrf, base=base, reason=REASON))
+        assert r.status_code == 422 and "该选项无效" in r.text
+        assert await sync.store.latest_version() == before
+    async with browser(app, **EN) as c:
+        await login(c, admin)
+        page = await c.get("/admin/rights")
+        r = await c.post(
+            "/admin/rights",
+            data=form_of(checked(page.text), csrf=csrf_of(page.text), base="0", reason="x"),
+        )
+        assert r.status_code == 422
+        assert "Give a reason of at least 10 characters." in r.text
+        # Someone else saved meanwhile: the stale form is refused with the reason.
+        matrix = checked(page.text)
+        matrix["p:nurse:other"] = ["r", "s"]
+        stale = str(int(base_of(page.text)) + 5)
+        r = await c.post(
+            "/admin/rights",
+            data=form_of(matrix, csrf=csrf_of(page.text), base=stale, reason=REASON),
+        )
+        assert r.status_code == 422 and "Someone saved other rights meanwhile" in r.text
+    assert await sync.store.latest_version() == before
+
+
+async def test_another_process_follows_within_seconds(clean: FastAPI) -> None:
+    """A second AccessControl on the same database (another app process) picks up a saved
+    version at its next check, and not before."""
+    app = clean
+    engine = app.state.fhir
+    mine = sync_of(engine.access)
+    assert mine is not None
+    other_control = AccessControl(mine.shipped, locate_definitions(engine.settings.definitions_dir))
+    other = PolicySync(other_control, PolicyStore(engine.db), mine.shipped, check_seconds=0.3)
+    await other.refresh()
+    assert other.version == mine.version
+    rights = rights_of(mine.control.policy)
+    rights["nurse"]["other"] = "r"
+    stored = await mine.store.save(
+        rights, base_version=mine.version, author="test", author_name="test", reason=REASON
+    )
+    mine.apply(stored)
+    await other.refresh()  # checked just now: no query, still the old rights
+    assert other_control.policy.roles["nurse"].permissions["other"] == "crus"
+    await asyncio.sleep(0.35)
+    await other.refresh()
+    assert other.version == stored.version
+    assert other_control.policy.roles["nurse"].permissions["other"] == "r"
+    # Relations and grant rules stay the document's.
+    assert other_control.policy.roles["nurse"].patients == mine.shipped.roles["nurse"].patients
+    assert other_control.policy.grants == mine.shipped.grants
+
+
+def test_apply_rights_keeps_the_document() -> None:
+    from smartmed.access.policy import load_policy
+
+    shipped = load_policy()
+    rights = rights_of(shipped)
+    assert apply_rights(shipped, rights) == shipped
+    rights["pharmacist"] = {"directory": "r"}
+    edited = apply_rights(shipped, rights)
+    assert edited.roles["pharmacist"].permissions == {"directory": "r"}
+    assert edited.roles["pharmacist"].resources == ["pharmacy"]
+    rights["pharmacist"] = {"directory": "rz"}  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="unknown permission letters z"):
+        apply_rights(shipped, rights)
