@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 from sqlalchemy import select, update
 
+from smartmed.audit.record import from_body
+from smartmed.audit.tables import audit_log
 from smartmed.fhir.context import FhirEngine
 from smartmed.notify.tables import notification
 from smartmed.payments import service
@@ -106,6 +108,15 @@ async def test_forged_and_stale_callbacks_change_nothing(
             )
         ).all()
     assert len(refused) >= 4 and all(r.order_id is None for r in refused)
+    async with engine.db.read() as conn:
+        audited = [
+            from_body(b)
+            for b in (await conn.execute(select(audit_log.c.body))).scalars().all()
+            if '"payment-callback"' in b
+        ]
+    bad = [r for r in audited if r.outcome == "8" and r.entities == ()]
+    assert len(bad) >= 4
+    assert all(r.patients == () and order.subject not in (r.detail or "") for r in bad)
 
 
 async def test_callback_for_unknown_order(engine: FhirEngine, http: httpx.AsyncClient) -> None:
