@@ -15,12 +15,14 @@ from fastapi import FastAPI
 import smartmed.audit
 from smartmed.access.guard import AccessControl
 from smartmed.access.policy_store import (
+    CHECK_SECONDS,
     PolicyStore,
     PolicySync,
     apply_rights,
     rights_of,
     sync_of,
 )
+from smartmed.app import create_app
 from smartmed.fhir.definitions.locate import locate_definitions
 from smartmed.identity.principal import Role
 from smartmed.identity.service import get_identity
@@ -263,6 +265,42 @@ async def test_another_process_follows_within_seconds(clean: FastAPI) -> None:
     # Relations and grant rules stay the document's.
     assert other_control.policy.roles["nurse"].patients == mine.shipped.roles["nurse"].patients
     assert other_control.policy.grants == mine.shipped.grants
+
+
+async def _status_until(client: httpx.AsyncClient, path: str, status: int, within: float) -> float:
+    """Seconds until ``path`` answers ``status`` (fails after ``within``)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        r = await client.get(path)
+        if r.status_code == status:
+            return loop.time() - start
+        assert loop.time() - start < within, (path, r.status_code, r.text[:200])
+        await asyncio.sleep(0.1)
+
+
+async def test_a_second_app_process_follows_an_edit(clean: FastAPI) -> None:
+    """Two applications on one database (as several app processes run): an edit saved in
+    one refuses the nurse's read in the other within the check interval."""
+    first = clean
+    sync = sync_of(first.state.fhir.access)
+    assert sync is not None
+    second = create_app(first.state.fhir.settings)
+    async with second.router.lifespan_context(second), await _nurse(second) as nurse:
+        found = (await nurse.get("/fhir/R4/Patient", params={"_count": "1"})).json()
+        path = f"/fhir/R4/Patient/{found['entry'][0]['resource']['id']}"
+        assert (await nurse.get(path)).status_code == 200
+        rights = rights_of(sync.control.policy)
+        rights["nurse"]["clinical"] = "cus"
+        sync.apply(
+            await sync.store.save(
+                rights, base_version=sync.version, author="t", author_name="t", reason=REASON
+            )
+        )
+        took = await _status_until(nurse, path, 403, CHECK_SECONDS + 2)
+        assert took <= CHECK_SECONDS + 1
+        await _restore(first)
+        await _status_until(nurse, path, 200, CHECK_SECONDS + 2)
 
 
 def test_apply_rights_keeps_the_document() -> None:
