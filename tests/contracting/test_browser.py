@@ -231,7 +231,7 @@ def test_business_card_qr_code_to_contract(live: Live, chromium: Any) -> None:
 
     accept_first(doctor, live, "Patient/p2")
     shot(doctor, "team-after-accept")
-    resident_row = doctor.locator("[data-testid=resident][data-patient=\"Patient/p2\"]")
+    resident_row = doctor.locator('[data-testid=resident][data-patient="Patient/p2"]')
     expect(resident_row).to_have_count(1)
 
     phone.goto(live.base + "/contracting")
@@ -286,7 +286,7 @@ def test_invitation_to_contract_and_a_bad_link(live: Live, chromium: Any) -> Non
     application = doctor.get_by_test_id("application").filter(has_text="Patient/p1")
     application.get_by_role("button", name="同意").click()
     expect(doctor.get_by_test_id("done")).to_contain_text("签约已生效")
-    row = doctor.locator("[data-testid=resident][data-patient=\"Patient/p1\"]")
+    row = doctor.locator('[data-testid=resident][data-patient="Patient/p1"]')
     # p1: born 1950, hypertension (I10); the diabetes condition is resolved.
     expect(row.locator("[data-group]")).to_have_count(2)
     assert [g.get_attribute("data-group") for g in row.locator("[data-group]").all()] == [

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from smartmed.contracting import flows, links, service, tasks
+from smartmed.contracting import flows, lifecycle, links, service, tasks
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import FhirError
 
@@ -93,12 +93,12 @@ async def test_renewal_window_and_one_step_renewal(
     ):
         with pytest.raises(FhirError) as refused:
             async with engine.db.write() as conn:
-                await service.do_renew(
+                await lifecycle.do_renew(
                     engine, conn, contract_id=first["id"], actor="Patient/p3", now=when
                 )
         assert service.reason_of(refused.value) == reason
     async with engine.db.write() as conn:
-        renewed = await service.do_renew(
+        renewed = await lifecycle.do_renew(
             engine, conn, contract_id=first["id"], actor="Patient/p3", now=NOW
         )
     assert renewed["status"] == "executed"
@@ -106,7 +106,7 @@ async def test_renewal_window_and_one_step_renewal(
     assert service.replaces_of(renewed) == (f"Contract/{first['id']}", "renewal")
     with pytest.raises(FhirError) as twice:
         async with engine.db.write() as conn:
-            await service.do_renew(
+            await lifecycle.do_renew(
                 engine, conn, contract_id=first["id"], actor="Practitioner/doc2", now=NOW
             )
     assert service.reason_of(twice.value) == "already-renewed"
@@ -157,7 +157,9 @@ async def test_renewal_reminders_once_per_contract(
     assert communications["total"] == 1
     # A renewed contract is not reminded again.
     async with engine.db.write() as conn:
-        await service.do_renew(engine, conn, contract_id=ending["id"], actor="Patient/p5", now=due)
+        await lifecycle.do_renew(
+            engine, conn, contract_id=ending["id"], actor="Patient/p5", now=due
+        )
     later = await tasks.send_renewal_reminders(engine, now=due + timedelta(days=2))
     assert f"Contract/{ending['id']}" not in later
 

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from smartmed.contracting import flows, populations, service
+from smartmed.contracting import flows, lifecycle, populations, service
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Forbidden, Unauthorized
 from smartmed.identity.principal import Principal, Role
@@ -319,7 +319,7 @@ def build_router() -> APIRouter:
         who = changer(principal)
         engine = engine_of(request)
         async with engine.db.write() as conn:
-            contract = await service.do_renew(engine, conn, contract_id=cid, actor=who)
+            contract = await lifecycle.do_renew(engine, conn, contract_id=cid, actor=who)
         return _json(contract, 201)
 
     @router.post("/contracts/{cid}/transfer")
@@ -329,7 +329,7 @@ def build_router() -> APIRouter:
         who = changer(principal)
         engine = engine_of(request)
         async with engine.db.write() as conn:
-            old, new = await service.do_transfer(
+            old, new = await lifecycle.do_transfer(
                 engine, conn, contract_id=cid, team=body.team, actor=who
             )
         return _json({"ended": old, "contract": new}, 201)
@@ -341,7 +341,7 @@ def build_router() -> APIRouter:
         who = changer(principal)
         engine = engine_of(request)
         async with engine.db.write() as conn:
-            contract = await service.do_terminate(
+            contract = await lifecycle.do_terminate(
                 engine, conn, contract_id=cid, actor=who, reason=body.reason, text=body.text
             )
         return _json(contract)

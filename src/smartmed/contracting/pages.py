@@ -27,7 +27,7 @@ from typing import Any
 import segno
 from fastapi import APIRouter, Request, Response
 
-from smartmed.contracting import api, flows, links, service
+from smartmed.contracting import api, flows, lifecycle, links, service
 from smartmed.fhir.errors import FhirError, Invalid
 from smartmed.portal.forms import form_data
 from smartmed.portal.nav import require
@@ -208,7 +208,7 @@ def build_router() -> APIRouter:
             request,
             "renewed",
             back,
-            lambda e, c: service.do_renew(e, c, contract_id=cid, actor=who),
+            lambda e, c: lifecycle.do_renew(e, c, contract_id=cid, actor=who),
         )
 
     @router.post(BASE + "/{cid}/terminate")
@@ -219,7 +219,7 @@ def build_router() -> APIRouter:
             request,
             "terminated",
             back,
-            lambda e, c: service.do_terminate(
+            lambda e, c: lifecycle.do_terminate(
                 e,
                 c,
                 contract_id=cid,
@@ -237,7 +237,7 @@ def build_router() -> APIRouter:
             request,
             "transferred",
             back,
-            lambda e, c: service.do_transfer(
+            lambda e, c: lifecycle.do_transfer(
                 e, c, contract_id=cid, team=values.get("team", ""), actor=who
             ),
         )
