@@ -126,8 +126,8 @@ def _staff_plan(references: dict[str, str], residents: int, seed: int) -> list[_
 
 
 def _public_plan(sample: list[tuple[dict[str, Any], str]]) -> list[_Plan]:
-    """A resident (an adult household head) and a family representative (an adult member
-    of a household, linked through their RelatedPerson to the head)."""
+    """A resident (an adult household head) and a family representative (the adult
+    member, as their RelatedPerson, to whom the rest of the household delegated)."""
     plans: list[_Plan] = []
     heads = [
         (item, stored)
@@ -148,9 +148,19 @@ def _public_plan(sample: list[tuple[dict[str, Any], str]]) -> list[_Plan]:
         item, stored = heads[0]
         name = item["resource"]["name"][0]["text"]
         plans.append(_Plan("resident1", Role.RESIDENT, stored, None, f"居民（户主）{name}"))
+    # The family representative: the RelatedPerson the household's delegation Consents
+    # name (either the Bundle's urn:uuid or the stored reference may show).
+    delegates = {
+        actor["reference"]["reference"]
+        for item, _ in sample
+        if item["resource"]["resourceType"] == "Consent"
+        for actor in item["resource"]["provision"]["actor"]
+    }
     for item, stored in sample:
         res = item["resource"]
-        if res["resourceType"] == "RelatedPerson" and "telecom" in res:
+        if res["resourceType"] == "RelatedPerson" and (
+            item["fullUrl"] in delegates or stored in delegates
+        ):
             name = res["name"][0]["text"]
             head = res["patient"].get("display", "")
             plans.append(

@@ -30,6 +30,11 @@ Clinical content (see ``population`` for the sources of the population statistic
 adults get hypertension (ICD-10 I10) and type 2 diabetes (E11.9) Conditions at the
 published prevalence; everyone gets one or two ambulatory Encounters in the two years
 before ``as_of`` with 2–7 vital-sign / laboratory Observations in total.
+
+Access (docs/access.md): family-doctor Contracts name the township's team; in a household
+with an adult member besides the head who has a phone, that member is the family
+representative, and every other member signs a family-delegation Consent naming their
+RelatedPerson, so the representative can act for the household.
 """
 
 from __future__ import annotations
@@ -232,6 +237,16 @@ KEY_POPULATION_SIGNING_RATE = 0.65
 OTHER_SIGNING_RATE = 0.22  # with ~40 % key population, ~35 % overall
 CONTRACT_TEAM_EXTENSION = "urn:smartmed:extension:contract-care-team"
 CONTRACT_TYPE_SYSTEM = "urn:smartmed:contract-type"
+
+
+# Family delegation (docs/access.md): the category and actions the access policy reads.
+DELEGATION_CATEGORY_SYSTEM = "urn:smartmed:consent-category"
+DELEGATION_ACTION_SYSTEM = "urn:smartmed:delegation-action"
+DELEGATED_ACTIONS = ("view-records", "book-appointments", "renew-prescriptions", "receive-alerts")
+DELEGATION_AGE_DAYS = 90  # signed this long before ``as_of``
+DELEGATION_DAYS = 3 * 365  # valid for three years
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 
 def _signing_rate(person: Person) -> float:
@@ -607,6 +622,7 @@ class _Generator:
         guardian = next((i for i, p in enumerate(members) if p.age >= ADULT_AGE), None)
         patients: list[Resource] = []
         related: list[Resource] = []
+        related_urls: dict[int, str] = {}
         for i, person in enumerate(members):
             patient: Resource = {
                 "resourceType": "Patient",
@@ -647,7 +663,7 @@ class _Generator:
             patient["generalPractitioner"] = [practitioner_ref(gp)]
             patient["managingOrganization"] = org_ref(village.code, village.clinic)
             if i > 0:
-                related_url = self.full_url()
+                related_url = related_urls[i] = self.full_url()
                 patient["link"] = [{"other": {"reference": related_url}, "type": "seealso"}]
                 code, display, text = RELATIONSHIPS[(person.role, person.male)]
                 relation: Resource = {
@@ -674,7 +690,63 @@ class _Generator:
             for person, url in zip(members, urls, strict=True)
             if self.contract_rng.random() < _signing_rate(person)
         ]
-        return _bundle(patients + related + clinical + contracts)
+        # The family representative: the first adult member after the head who has a
+        # phone (so a RelatedPerson with telecom); every other member delegates to them.
+        representative = next(
+            (
+                i
+                for i, person in enumerate(members)
+                if i > 0 and person.age >= ADULT_AGE and phones[i] is not None
+            ),
+            None,
+        )
+        delegations = []
+        if representative is not None:
+            delegations = [
+                self._delegation(person, url, related_urls[representative])
+                for i, (person, url) in enumerate(zip(members, urls, strict=True))
+                if i != representative
+            ]
+        return _bundle(patients + related + clinical + contracts + delegations)
+
+    def _delegation(self, person: Person, patient_url: str, representative_url: str) -> Resource:
+        """A family-delegation Consent: ``person`` lets the household's representative
+        see their records, book appointments, renew prescriptions and receive alerts
+        for them, for three years (docs/access.md, "Family delegation").
+
+        Modelling assumption, not a statistic: every household with an adult member
+        besides the head who has a phone names that member its representative.
+        """
+        start = self.as_of - timedelta(days=DELEGATION_AGE_DAYS)
+        end = start + timedelta(days=DELEGATION_DAYS)
+        consent: Resource = {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": _concept(CONSENT_SCOPE, "patient-privacy", "Privacy Consent", "隐私授权"),
+            "category": [
+                _concept(
+                    DELEGATION_CATEGORY_SYSTEM, "family-delegation", "Family delegation", "家庭授权"
+                )
+            ],
+            "patient": {"reference": patient_url, "display": person.name},
+            "dateTime": f"{start.isoformat()}T09:00:00+08:00",
+            "policyRule": {"coding": [{"system": V3_ACT_CODE, "code": "OPTIN"}]},
+            "provision": {
+                "type": "permit",
+                "period": {"start": start.isoformat(), "end": end.isoformat()},
+                "actor": [
+                    {
+                        "role": {"coding": [{"system": V3_ROLE, "code": "DELEGATEE"}]},
+                        "reference": {"reference": representative_url},
+                    }
+                ],
+                "action": [
+                    {"coding": [{"system": DELEGATION_ACTION_SYSTEM, "code": code}]}
+                    for code in DELEGATED_ACTIONS
+                ],
+            },
+        }
+        return self.entry(consent, self.full_url())
 
     def _contract(
         self, person: Person, patient_url: str, township: Township, gp: Staff
