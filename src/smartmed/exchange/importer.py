@@ -3,14 +3,16 @@
 Each ``transaction`` Bundle is one database transaction, so a bad bundle is rejected
 whole and the others still load; a ``batch`` Bundle loads entry by entry. A file may
 hold one Bundle (``.json``) or one Bundle per line (``.ndjson``). Every resource goes
-through the same validation, indexing and history as an API write.
+through the same validation, indexing and history as an API write: bundles that only
+create are prepared on every core and written in bulk (``fhir/storage/pipeline.py``),
+the others go through the ordinary transaction, in the order given.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ import orjson
 
 from smartmed.config import Settings
 from smartmed.console import progress
-from smartmed.fhir import bundles, jsonio
+from smartmed.fhir import jsonio
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import FhirError
 from smartmed.fhir.storage.migrate import is_current, migrate
+from smartmed.fhir.storage.pipeline import Outcome, load_transactions
 
 _MAX_ISSUES_SHOWN = 3
 
@@ -97,36 +100,48 @@ def _describe(exc: FhirError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-async def _load_one(engine: FhirEngine, source: str, document: Any) -> BundleReport:
-    report = BundleReport(source)
+def _refusal(document: Any) -> str | None:
+    """Why a parsed document cannot load (None: a transaction or batch Bundle)."""
     if isinstance(document, Exception):
-        report.error = f"not valid JSON: {document}"
-        return report
+        return f"not valid JSON: {document}"
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
-        report.error = "not a FHIR Bundle"
-        return report
+        return "not a FHIR Bundle"
     kind = document.get("type")
     if kind not in ("transaction", "batch"):
-        report.error = f"Bundle.type is {kind!r}; only transaction and batch bundles load"
-        return report
-    process = bundles.transaction if kind == "transaction" else bundles.batch
-    try:
-        async with engine.db.write() as conn:
-            response = await process(
-                conn, engine.services, document, engine.resource_types, return_resources=False
-            )
-    except FhirError as exc:
-        report.error = _describe(exc)
-        return report
-    answers = orjson.loads(response).get("entry", [])
-    for request, answer in zip(document.get("entry", []), answers, strict=False):
-        status = str(answer.get("response", {}).get("status", ""))
-        if status.startswith("201"):
+        return f"Bundle.type is {kind!r}; only transaction and batch bundles load"
+    return None
+
+
+def _record(report: BundleReport, document: dict[str, Any], outcome: Outcome[Any]) -> None:
+    """Counts (or the error) of one loaded bundle."""
+    if outcome.error is not None:
+        report.error = _describe(outcome.error)
+        return
+    for request, (status, _) in zip(document.get("entry", []), outcome.entries, strict=False):
+        if status == 201:
             resource = request.get("resource") or {}
             report.created[str(resource.get("resourceType", "?"))] += 1
-        elif not status.startswith(("200", "204")):
+        elif status not in (200, 204):
             report.failed_entries += 1
-    return report
+
+
+def _loadable(
+    paths: list[Path], report: ImportReport, advance: Callable[[int], None]
+) -> Iterator[tuple[BundleReport, dict[str, Any]]]:
+    """(its report, the Bundle) per loadable bundle, in order; the others reported."""
+    for path in paths:
+        try:
+            items = list(_read_bundles(path))
+        except OSError as exc:
+            report.bundles.append(BundleReport(str(path), error=f"cannot read: {exc}"))
+            advance(1)
+            continue
+        for source, document in items:
+            bundle_report = BundleReport(source, error=_refusal(document))
+            report.bundles.append(bundle_report)
+            if bundle_report.error is None:
+                yield bundle_report, document
+        advance(1)
 
 
 async def import_files(settings: Settings, paths: list[Path]) -> ImportReport:
@@ -138,16 +153,10 @@ async def import_files(settings: Settings, paths: list[Path]) -> ImportReport:
         if not await is_current(engine.db):
             await migrate(engine.db)
         with progress(len(paths), "files") as advance:
-            for path in paths:
-                try:
-                    items = list(_read_bundles(path))
-                except OSError as exc:
-                    report.bundles.append(BundleReport(str(path), error=f"cannot read: {exc}"))
-                    advance(1)
-                    continue
-                for source, document in items:
-                    report.bundles.append(await _load_one(engine, source, document))
-                advance(1)
+            bundles = _loadable(paths, report, advance)
+            async for outcome in load_transactions(engine, bundles, lambda item: item[1]):
+                bundle_report, document = outcome.item
+                _record(bundle_report, document, outcome)
     finally:
         await engine.db.dispose()
     report.seconds = time.perf_counter() - started

@@ -141,9 +141,10 @@ class _Pool:
 
 
 async def _ordinary(engine: FhirEngine, bundle: dict[str, Any]) -> list[tuple[int, str]]:
-    """The ordinary transaction; (status, reference) per entry."""
+    """The ordinary transaction (or batch); (status, reference) per entry."""
+    process = bundles.batch if bundle.get("type") == "batch" else bundles.transaction
     async with engine.db.write() as conn:
-        response = await bundles.transaction(
+        response = await process(
             conn, engine.services, bundle, engine.resource_types, return_resources=False
         )
     answers = orjson.loads(response).get("entry", [])
@@ -169,6 +170,8 @@ async def load_transactions(
     known: dict[str, str] | None = None,
 ) -> AsyncIterator[Outcome[T]]:
     """Load the transaction Bundle of every item, in order; yield each outcome when done.
+
+    (A ``batch`` Bundle goes through the ordinary ``bundles.batch``, entry by entry.)
 
     ``workers`` processes prepare (default: one per core; 0: this process does it);
     ``writers`` bulk transactions are in flight at once (default ``POSTGRES_WRITERS`` on
