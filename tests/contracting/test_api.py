@@ -225,3 +225,25 @@ async def test_in_person_transfer_and_history(county: Clients) -> None:
 async def test_unknown_contract(county: Clients, path: str) -> None:
     r = await county["p1"].post(API + path)
     assert r.status_code == 404
+
+
+async def test_share_link_between_residents(county: Clients) -> None:
+    r = await county["p5"].post(f"{API}/share")
+    assert r.status_code == 409 and "contract" in r.text  # p5 has no contract to share
+    r = await county["doc2"].post(
+        f"{API}/in-person",
+        json={"patient": "Patient/p4", "team": "CareTeam/team2", "signature": SIG},
+    )
+    assert r.status_code == 201, r.text
+    shared = await county["p4"].post(f"{API}/share")
+    assert shared.status_code == 201, shared.text
+    token = shared.json()["token"]
+    info = (await county["p5"].get(f"{API}/links/{token}")).json()
+    assert (info["kind"], info["team"], info["method"]) == ("share", "CareTeam/team2", "share-link")
+    r = await county["p5"].post(
+        f"{API}/applications/by-link", json={"token": token, "signature": SIG}
+    )
+    assert r.status_code == 201, r.text
+    method = next(e for e in r.json()["extension"] if e["url"].endswith("signing-method"))
+    assert method["valueCode"] == "share-link"
+    assert r.json()["subject"] == [{"reference": "Patient/p5"}]

@@ -94,7 +94,21 @@ async def test_pages_by_role_csrf_and_link_errors(portal_app: FastAPI) -> None:
             ),
         )
         assert "已同意申请，签约已生效。" in accepted.text
-    assert [x["status"] for x in await contracts_of(engine, "Patient/p2")] == ["executed"]
+        (signed,) = await contracts_of(engine, "Patient/p2")
+        assert signed["status"] == "executed"
+        assert f'action="/contracting/{signed["id"]}/transfer"' in accepted.text
+        moved = await follow(
+            c,
+            await c.post(
+                f"/contracting/{signed['id']}/transfer",
+                data={"team": "CareTeam/team2", "csrf": csrf_of(accepted.text)},
+            ),
+        )
+        assert "居民已转签至新团队。" in moved.text
+    history = await contracts_of(engine, "Patient/p2")
+    assert [x["status"] for x in history] == ["executed", "terminated"]
+    assert service.team_of(history[0]) == "CareTeam/team2"
+    assert service.status_reason(history[1]) == ("transfer", None)
 
 
 async def contracts_of(engine: FhirEngine, patient: str) -> list[dict[str, object]]:
