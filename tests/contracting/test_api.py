@@ -247,3 +247,28 @@ async def test_share_link_between_residents(county: Clients) -> None:
     method = next(e for e in r.json()["extension"] if e["url"].endswith("signing-method"))
     assert method["valueCode"] == "share-link"
     assert r.json()["subject"] == [{"reference": "Patient/p5"}]
+
+
+async def test_contracts_written_elsewhere_appear_in_the_team_lists(county: Clients) -> None:
+    """Like the demo county's: no team tag, found through the team's organisation."""
+    body = {
+        "resourceType": "Contract",
+        "id": "demo-like",
+        "status": "executed",
+        "subject": [{"reference": "Patient/p3"}],
+        "authority": [{"reference": "Organization/town"}],
+        "applies": {"start": "2020-01-01", "end": "2099-12-31"},
+        "extension": [
+            {
+                "url": "urn:smartmed:extension:contract-care-team",
+                "valueReference": {"reference": "CareTeam/team1"},
+            }
+        ],
+    }
+    r = await county["system"].put("/fhir/R4/Contract/demo-like", json=body)
+    assert r.status_code == 201, r.text
+    residents = await county["doc1"].get(f"{API}/team/residents", params={"team": "CareTeam/team1"})
+    rows = [i for i in residents.json()["items"] if i["contract"] == "Contract/demo-like"]
+    assert [(i["patient"], i["keyPopulations"]) for i in rows] == [("Patient/p3", ["elderly"])]
+    other = await county["doc2"].get(f"{API}/team/residents", params={"team": "CareTeam/team2"})
+    assert all(i["contract"] != "Contract/demo-like" for i in other.json()["items"])

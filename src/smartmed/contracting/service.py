@@ -326,14 +326,33 @@ async def current_contract(
     return None
 
 
+async def _team_contracts(
+    engine: FhirEngine, conn: AsyncConnection, *, team: str, status: str
+) -> list[dict[str, Any]]:
+    """Contracts of ``team`` with ``status``: those this module wrote carry the team's tag;
+    others (the demo county, imports) are found through their authority, the team's
+    managing organisation, and kept when their team extension names ``team``."""
+    team_id = team.split("/", 1)[1]
+    found = {
+        c["id"]: c
+        async for c in search_every(
+            engine, conn, "Contract", [("_tag", f"{TEAM_TAG}|{team_id}"), ("status", status)]
+        )
+    }
+    body = await read(engine, conn, team, ("CareTeam",))
+    for org in body.get("managingOrganization") or []:
+        if str(org.get("reference", "")).startswith("Organization/"):
+            params = [("authority", org["reference"]), ("status", status), ("_sort", "_id")]
+            async for c in search_every(engine, conn, "Contract", params):
+                found.setdefault(c["id"], c)
+    return [c for c in found.values() if team_of(c) == team]
+
+
 async def pending_for_team(
     engine: FhirEngine, conn: AsyncConnection, *, team: str
 ) -> list[dict[str, Any]]:
     """Applications waiting for ``team``'s review, oldest first."""
-    team_id = team.split("/", 1)[1]
-    found = await search(
-        engine, conn, "Contract", [("_tag", f"{TEAM_TAG}|{team_id}"), ("status", PENDING)]
-    )
+    found = await _team_contracts(engine, conn, team=team, status=PENDING)
     return sorted(found, key=lambda c: (c.get("meta") or {}).get("lastUpdated", ""))
 
 
@@ -341,11 +360,8 @@ async def contracted_with_team(
     engine: FhirEngine, conn: AsyncConnection, *, team: str, at: datetime
 ) -> list[dict[str, Any]]:
     """Contracts of ``team`` in force at ``at`` (the team's contracted residents)."""
-    team_id = team.split("/", 1)[1]
-    found = await search(
-        engine, conn, "Contract", [("_tag", f"{TEAM_TAG}|{team_id}"), ("status", ACTIVE)]
-    )
-    return [c for c in found if is_in_force(c, at) and team_of(c) == team]
+    found = await _team_contracts(engine, conn, team=team, status=ACTIVE)
+    return [c for c in found if is_in_force(c, at)]
 
 
 async def check_package(engine: FhirEngine, conn: AsyncConnection, package: str | None) -> None:
