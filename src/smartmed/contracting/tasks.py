@@ -21,8 +21,8 @@ JOB = "contracting.renewal-reminders"
 
 
 async def send_renewal_reminders(engine: FhirEngine, *, now: datetime) -> list[str]:
-    """Queue the reminders due at ``now``; the contracts reminded (already-sent ones are
-    skipped by their notification key, and not listed)."""
+    """Queue the reminders due at ``now``; the contracts due. A contract reminded before
+    is listed again, but its notification key makes the repeat queue nothing."""
     from smartmed.notify import notify
 
     due: list[tuple[dict[str, Any], str, datetime]] = []
