@@ -90,6 +90,25 @@ async def test_resident_sees_who_accessed_their_record(
     assert (await county["auditor"].get("/fhir/R4/AuditEvent")).status_code == 200
 
 
+async def test_a_residents_access_log_never_names_other_patients(
+    auth_app: FastAPI, county: dict[str, httpx.AsyncClient]
+) -> None:
+    """A search over several patients is logged per patient (IHE BALP): p1's log shows it
+    without revealing that p2 was in the same result."""
+    both = await county["system"].get("/fhir/R4/Patient", params={"_id": "p1,p2"})
+    assert both.status_code == 200 and both.json()["total"] == 2
+    await audit.catch_up(auth_app.state.fhir)
+    mine = await county["resident1"].get(
+        "/fhir/R4/AuditEvent", params={"patient": "Patient/p1", "_count": "500"}
+    )
+    assert mine.status_code == 200, mine.text
+    events = [e["resource"] for e in mine.json()["entry"] if e["search"]["mode"] == "match"]
+    searches = [e for e in events if e["subtype"][0].get("code") == "search-type"]
+    assert searches, "the multi-patient search is in p1's access log"
+    for event in events:
+        assert "Patient/p2" not in str(event), event["id"]
+
+
 async def _clinician(app: FastAPI, role: Role, practitioner: str) -> tuple[httpx.AsyncClient, str]:
     identity = get_identity(app)
     name = f"bg-{role}-{practitioner.split('/')[1]}"

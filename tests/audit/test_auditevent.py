@@ -11,9 +11,11 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smartmed.audit import AuditLog, catch_up
-from smartmed.audit.auditevent import to_audit_event
+from smartmed.audit.auditevent import event_ids, to_audit_event, to_audit_events
 from smartmed.audit.materialise import materialise
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.definitions.locate import locate_definitions
@@ -159,3 +161,43 @@ async def test_audit_events_are_searchable_through_the_fhir_api(
     assert await ids(patient=patient, date=f"ge{today}") == seqs[patient]
     assert await ids(patient=patient, date="lt2000-01-01") == set()
     assert await ids(patient=f"Patient/none{tag}") == set()
+
+
+@given(
+    patients=st.lists(st.sampled_from([f"Patient/p{n}" for n in range(6)]), max_size=6),
+    others=st.lists(st.sampled_from(["Observation/o1", "Condition/c2", "Encounter/e3"])),
+)
+def test_a_record_of_several_patients_becomes_one_event_per_patient(
+    patients: list[str], others: list[str]
+) -> None:
+    """IHE BALP: each patient's event names that patient only, never another one."""
+    types = {"Patient", "Observation", "Condition", "Encounter", "Practitioner"}
+    record = rec(
+        1,
+        subtype="search-type",
+        query="Observation?code=8867-4",
+        patients=tuple(patients),
+        entities=(*patients, *others),
+    )
+    events = to_audit_events(9, record, site="s", resource_types=types)
+    distinct = list(dict.fromkeys(patients))
+    assert [e["id"] for e in events] == event_ids(9, record, types)
+    if len(distinct) <= 1:
+        assert events == [to_audit_event(9, record, site="s", resource_types=types)]
+        return
+    assert len(events) == len(distinct)
+    for event, patient in zip(events, distinct, strict=True):
+        text = orjson.dumps(event).decode()
+        assert patient in text
+        assert not any(p in text for p in distinct if p != patient)
+        query = [e for e in event["entity"] if e.get("query")]
+        assert base64.b64decode(query[0]["query"]).decode() == "Observation?code=8867-4"
+
+
+def test_per_patient_events_are_valid_r4() -> None:
+    need(EXAMPLES.is_dir(), "run `npm ci` first")
+    validator = get_validator(locate_definitions(None))
+    record = rec(1, patients=("Patient/a", "Patient/b"), entities=("Observation/o1",))
+    for event in to_audit_events(3, record, site="s", resource_types=validator.resource_types):
+        issues = validator.validate(event, resource_type="AuditEvent")
+        assert [i for i in issues if i.severity in ("error", "fatal")] == []

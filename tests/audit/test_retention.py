@@ -122,3 +122,26 @@ async def test_prune_command(engine: FhirEngine, monkeypatch: pytest.MonkeyPatch
     assert verified.output.strip() == (
         "2 records, chain intact up to seq 5 (from the retention anchor at seq 3)"
     )
+
+
+async def test_prune_removes_every_per_patient_event_of_a_record(engine: FhirEngine) -> None:
+    from smartmed.audit import AuditLog
+    from smartmed.audit.chain import chain_pending
+    from tests.audit.conftest import rec
+
+    log = AuditLog(engine.db)
+    await log.record(rec(1, days_ago=400, patients=("Patient/a", "Patient/b", "Patient/c")))
+    await log.record(rec(2, days_ago=400))
+    await log.record(rec(3))
+    await log.close()
+    await chain_pending(engine.db)
+    await catch_up(engine)
+    assert await _audit_event_ids(engine) == [
+        "audit-1-1",
+        "audit-1-2",
+        "audit-1-3",
+        "audit-2",
+        "audit-3",
+    ]
+    assert (await prune(engine, retention_days=365)).pruned == 2
+    assert await _audit_event_ids(engine) == ["audit-3"]

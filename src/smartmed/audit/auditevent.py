@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 from smartmed.audit.record import instant
@@ -198,3 +199,44 @@ def to_audit_event(
     if entities:
         event["entity"] = entities
     return event
+
+
+def event_ids(seq: int, record: AuditRecord, resource_types: Collection[str]) -> list[str]:
+    """The ids of the AuditEvents record ``seq`` becomes (see :func:`to_audit_events`)."""
+    patients = _patients(record, resource_types)
+    if len(patients) <= 1:
+        return [f"audit-{seq}"]
+    return [f"audit-{seq}-{n}" for n in range(1, len(patients) + 1)]
+
+
+def _patients(record: AuditRecord, resource_types: Collection[str]) -> list[str]:
+    return [p for p in dict.fromkeys(record.patients) if _target(p, resource_types)]
+
+
+def to_audit_events(
+    seq: int, record: AuditRecord, *, site: str, resource_types: Collection[str]
+) -> list[dict[str, Any]]:
+    """The AuditEvents for the chained record ``seq``: one per patient whose data it touched.
+
+    IHE Basic Audit Log Patterns (BALP, "Patient privacy" and the query patterns): when one
+    interaction returns data of several patients, an AuditEvent is recorded *for each
+    patient*, so that each patient's access log (``AuditEvent?patient=``) shows their own
+    event without revealing who else was in the result. Such a record becomes
+    ``audit-<seq>-1`` … ``audit-<seq>-<n>``, each naming one patient and the query, not the
+    other resources read (which patient they belong to is not recorded); the hash-chained
+    log keeps the whole record as the evidence. Other records become ``audit-<seq>``.
+    """
+    patients = _patients(record, resource_types)
+    if len(patients) <= 1:
+        return [to_audit_event(seq, record, site=site, resource_types=resource_types)]
+    events = []
+    for n, patient in enumerate(patients, start=1):
+        own = replace(
+            record,
+            patients=(patient,),
+            entities=tuple(e for e in record.entities if e == patient),
+        )
+        event = to_audit_event(seq, own, site=site, resource_types=resource_types)
+        event["id"] = f"audit-{seq}-{n}"
+        events.append(event)
+    return events

@@ -1,4 +1,5 @@
-"""Chained records become AuditEvent resources (id ``audit-<seq>``) in the resource store.
+"""Chained records become AuditEvent resources (id ``audit-<seq>``; one per patient,
+``audit-<seq>-<n>``, when a record touched several) in the resource store.
 
 Runs after the chainer, in seq order, a batch per transaction with ``create_many``; the
 high-water mark (``audit_state.materialised``) moves in the same transaction, so every
@@ -15,7 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from smartmed.audit.auditevent import to_audit_event
+from smartmed.audit.auditevent import to_audit_events
 from smartmed.audit.chain import pg_lock
 from smartmed.audit.record import from_body
 from smartmed.audit.tables import audit_log, audit_state
@@ -62,13 +63,13 @@ async def materialise(
                 return total
             items: list[tuple[dict[str, Any], str | None]] = []
             for row in rows:
-                event = to_audit_event(
+                for event in to_audit_events(
                     row.seq,
                     from_body(row.body),
                     site=site,
                     resource_types=engine.resource_types,
-                )
-                items.append((event, event["id"]))
+                ):
+                    items.append((event, event["id"]))
             repo = engine.repository(conn)
             try:
                 if engine.db.is_postgres:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.audit.chain import CHAIN_LOCK, anchor, chain_pending, pg_lock
 from smartmed.audit.materialise import MARK
 from smartmed.audit.tables import audit_anchor, audit_log, audit_state
 from smartmed.audit.verify import verify
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import Gone, NotFound
+from smartmed.fhir.storage.tables import resource
 
 MIN_RETENTION_DAYS = 183  # six months: the minimum Chinese rules require for audit logs
 
@@ -96,7 +97,17 @@ async def _delete_events(engine: FhirEngine, first: int, last: int, batch: int =
         async with engine.db.write() as conn:
             repo = engine.repository(conn)
             for seq in range(low, min(low + batch, last + 1)):
-                try:
-                    await repo.delete("AuditEvent", f"audit-{seq}")
-                except (NotFound, Gone):
-                    continue
+                await repo.delete("AuditEvent", f"audit-{seq}")
+                # A record that touched several patients became audit-<seq>-1 … -<n>.
+                n = 1
+                while await _stored(conn, f"audit-{seq}-{n}"):
+                    await repo.delete("AuditEvent", f"audit-{seq}-{n}")
+                    n += 1
+
+
+async def _stored(conn: AsyncConnection, id_: str) -> bool:
+    """Whether an AuditEvent ``id_`` was ever stored (live or deleted)."""
+    found = await conn.scalar(
+        select(resource.c.pk).where(resource.c.type == "AuditEvent", resource.c.id == id_)
+    )
+    return found is not None
