@@ -23,6 +23,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "reason": "昏迷送急诊",
         "until": "2026-11-22T05:30:00.000000Z",
     },
+    "payment-review": {
+        "order": "9057ab46-b2bf-4cd5-9ebf-7c233d7eee72",
+        "anomaly": "amount-mismatch",
+        "amount": "1.20",
+        "expected": "120.00",
+        "description": "高血压随访服务包",
+    },
 }
 
 

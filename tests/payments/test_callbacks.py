@@ -261,3 +261,45 @@ async def test_double_payment_is_refunded(engine: FhirEngine, http: httpx.AsyncC
     assert [(r.amount_fen, r.reason) for r in await refunds(engine, order.id)] == [
         (1000, "double-payment")
     ]
+
+
+async def test_refund_the_provider_refuses_is_failed_released_and_escalated(
+    engine: FhirEngine, http: httpx.AsyncClient
+) -> None:
+    order = await new_order(engine, "20.00")
+    # A signed notice of a payment the sandbox never took: its refund will be refused.
+    mismatch = await post_callback(http, *signed(paid_notice(order.id, 1999)))
+    assert mismatch.json()["outcome"] == "amount-mismatch"
+    assert (await order_row(engine, order.id)).reserved_fen == 1999
+    await drain(engine)
+    row = await order_row(engine, order.id)
+    assert (row.state, row.received_fen, row.refunded_fen, row.reserved_fen) == (
+        "created",
+        1999,
+        0,
+        0,
+    )
+    [refund] = await refunds(engine, order.id)
+    assert refund.state == "failed" and "refused" in refund.error
+    async with engine.db.read() as conn:
+        keys = (
+            (
+                await conn.execute(
+                    select(notification.c.key).where(
+                        notification.c.key.like(f"payment-review:{order.id}:%")
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(k.split(":")[2] for k in keys) == ["amount-mismatch", "refund-failed"]
+
+
+async def test_payment_pages_need_a_login_and_speak_the_payers_language(
+    http: httpx.AsyncClient,
+) -> None:
+    missing = "00000000-0000-0000-0000-000000000001"
+    anonymous = await http.get(f"/payments/orders/{missing}/pay")
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"].startswith("/login?next=")

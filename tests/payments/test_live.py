@@ -6,6 +6,7 @@ in to the portal, sent to the checkout page (amount, QR code, zh-CN), pays, come
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -209,6 +210,17 @@ def test_resident_pays_on_the_sandbox_checkout_page(live: Live, chromium: Any) -
     page.locator("#login-password").fill(PASSWORD)
     page.locator("main form button[type=submit]").click()
     page.wait_for_url(live.base + "/")
+    # The session's API calls follow the portal's CSRF convention.
+    hx = page.locator("body").get_attribute("hx-headers") or "{}"
+    csrf = json.loads(hx)["X-CSRF-Token"]
+    sync = f"{live.base}/api/payments/orders/{live.order_id}/sync"
+    assert page.request.post(sync).status == 403
+    assert page.request.post(sync, headers={"X-CSRF-Token": csrf}).status == 200
+    # An unknown order: a page in the payer's language, not a JSON error.
+    missing = page.goto(f"{live.base}/payments/orders/{uuid.uuid4()}/pay")
+    assert missing is not None and missing.status == 404
+    assert page.get_by_test_id("missing").inner_text() == "没有这个订单。"
+    errors.clear()  # that 404 was expected
     page.goto(f"{live.base}/payments/orders/{live.order_id}/pay")
     page.get_by_test_id("amount").wait_for()
     assert page.get_by_test_id("amount").inner_text() == "¥88.00"

@@ -29,13 +29,20 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import Forbidden, Invalid, NotFound, Unauthorized
+from smartmed.fhir.errors import (
+    Conflict,
+    FhirError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+)
 from smartmed.identity.principal import Principal, Role
 from smartmed.identity.service import get_identity
 from smartmed.payments import products, service
 from smartmed.payments.callbacks import handle_callback
 from smartmed.payments.errors import ProviderError
-from smartmed.payments.i18n import page
+from smartmed.payments.i18n import gettext_for, page
 from smartmed.payments.models import Order
 
 ADMIN_ROLES = (Role.PLATFORM_ADMIN, Role.INSTITUTION_ADMIN)
@@ -62,6 +69,28 @@ async def caller(request: Request) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(caller)]
+
+
+def _page_caller(request: Request) -> Principal:
+    """The portal session's principal; not signed in: to the login page and back."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        from smartmed.portal.nav import LoginRequired
+
+        raise LoginRequired()
+    return principal
+
+
+def _error_page(request: Request, exc: FhirError) -> Response:
+    """A payment page's error in the payer's language (never an OperationOutcome)."""
+    _ = gettext_for(request)
+    if isinstance(exc, NotFound):
+        message = _("No such order.")
+    elif isinstance(exc, Conflict):
+        message = _("This order can no longer be paid.")
+    else:
+        message = _("The payment service is not available. Please try again later.")
+    return page(request, "sandbox_missing.html", exc.status, message=message)
 
 
 def _engine(request: Request) -> FhirEngine:
@@ -202,16 +231,24 @@ def build_payments_router() -> APIRouter:
     # -- pages ------------------------------------------------------------------------------
 
     @router.get("/payments/orders/{order_id}/pay", include_in_schema=False)
-    async def pay(request: Request, principal: Caller, order_id: str) -> Response:
-        order = await _visible(request, principal, order_id)
-        if order.state != "created":
-            return RedirectResponse(f"/payments/orders/{order_id}/return", 303)
-        found = await service.start_checkout(_engine(request), order_id=order_id)
+    async def pay(request: Request, order_id: str) -> Response:
+        principal = _page_caller(request)
+        try:
+            order = await _visible(request, principal, order_id)
+            if order.state != "created":
+                return RedirectResponse(f"/payments/orders/{order_id}/return", 303)
+            found = await service.start_checkout(_engine(request), order_id=order_id)
+        except FhirError as exc:
+            return _error_page(request, exc)
         return RedirectResponse(found.pay_url, 303, headers=_NO_STORE)
 
     @router.get("/payments/orders/{order_id}/return", include_in_schema=False)
-    async def back(request: Request, principal: Caller, order_id: str) -> Response:
-        order = await _visible(request, principal, order_id)
+    async def back(request: Request, order_id: str) -> Response:
+        principal = _page_caller(request)
+        try:
+            order = await _visible(request, principal, order_id)
+        except FhirError as exc:
+            return _error_page(request, exc)
         if order.state == "created" and order.pay_url is not None:
             try:
                 order = await service.sync_order(_engine(request), order_id=order_id)

@@ -499,14 +499,17 @@ async def record_refund(
     return "recorded"
 
 
-async def fail_refund(conn: AsyncConnection, *, refund_id: str, error: str) -> bool:
-    """The provider will not make this refund: release the money reserved for it."""
+async def fail_refund(
+    engine: FhirEngine, conn: AsyncConnection, *, refund_id: str, error: str
+) -> bool:
+    """The provider will not make this refund: release the money reserved for it and
+    tell the reviewer and the payer (the money received stays on the order)."""
     ref = (
         await conn.execute(select(payment_refund).where(payment_refund.c.id == refund_id))
     ).first()
     if ref is None or ref.state != "pending":
         return False
-    await _lock(conn, ref.order_id)
+    row = await _lock(conn, ref.order_id)
     await conn.execute(
         update(payment_refund)
         .where(payment_refund.c.id == refund_id, payment_refund.c.state == "pending")
@@ -517,6 +520,7 @@ async def fail_refund(conn: AsyncConnection, *, refund_id: str, error: str) -> b
         .where(payment_order.c.id == ref.order_id)
         .values(reserved_fen=payment_order.c.reserved_fen - ref.amount_fen)
     )
+    await _escalate(engine, conn, row, "refund-failed", ref.amount_fen)
     log.error("refund failed", order=ref.order_id, refund=refund_id, error=error)
     return True
 

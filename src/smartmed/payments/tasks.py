@@ -39,12 +39,12 @@ async def refund_at_provider(ctx: JobContext, payload: dict[str, Any]) -> None:
         )
     except ProviderRejected as exc:
         async with engine.db.write() as conn:
-            await service.fail_refund(conn, refund_id=refund_id, error=str(exc))
+            await service.fail_refund(engine, conn, refund_id=refund_id, error=str(exc))
         return
     except ProviderError as exc:
         if ctx.attempt >= ctx.max_attempts:
             async with engine.db.write() as conn:
-                await service.fail_refund(conn, refund_id=refund_id, error=str(exc))
+                await service.fail_refund(engine, conn, refund_id=refund_id, error=str(exc))
             return
         raise
     async with engine.db.write() as conn:
