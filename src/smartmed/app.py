@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _outcome(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if is_portal_path(request.url.path):
+            return error_page(request, 400)
         return _outcome(400, "invalid", f"invalid request: {exc.errors()}")
 
     @app.exception_handler(Exception)

@@ -30,6 +30,11 @@ async def failing(portal_app: FastAPI) -> AsyncIterator[FastAPI]:
     async def broken_api() -> None:
         raise RuntimeError("synthetic failure")
 
+    @router.get("/admin/typed-for-test/{number}")
+    @router.get("/api/typed-for-test/{number}")
+    async def typed(number: int) -> dict[str, int]:
+        return {"number": number}
+
     before = list(portal_app.router.routes)
     portal_app.include_router(router)
     yield portal_app
@@ -94,6 +99,11 @@ async def test_server_errors(failing: FastAPI) -> None:
         assert r.status_code == 500
         assert r.json()["resourceType"] == "OperationOutcome"
         assert "synthetic failure" not in r.text
+        # A malformed path parameter: the portal's 400 page, the API's OperationOutcome.
+        r = await c.get("/admin/typed-for-test/abc", headers=EN)
+        assert r.status_code == 400 and _is_page(r) and "Bad request" in r.text
+        r = await c.get("/api/typed-for-test/abc", headers=EN)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
 
 
 @pytest.mark.parametrize(

@@ -11,14 +11,21 @@ from html import unescape
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
 
 import smartmed.audit
 from smartmed.access.guard import AccessControl
+from smartmed.access.policy import load_policy
 from smartmed.access.policy_store import (
+    CATEGORIES,
     CHECK_SECONDS,
     PolicyStore,
     PolicySync,
+    Rights,
     apply_rights,
+    changes,
     rights_of,
     sync_of,
 )
@@ -26,6 +33,7 @@ from smartmed.app import create_app
 from smartmed.fhir.definitions.locate import locate_definitions
 from smartmed.identity.principal import Role
 from smartmed.identity.service import get_identity
+from smartmed.portal.admin.rights import parse_matrix
 from tests.portal.conftest import BASE, browser, csrf_of, fhir, login, make_user
 
 EN = {"Accept-Language": "en"}
@@ -304,8 +312,6 @@ async def test_a_second_app_process_follows_an_edit(clean: FastAPI) -> None:
 
 
 def test_apply_rights_keeps_the_document() -> None:
-    from smartmed.access.policy import load_policy
-
     shipped = load_policy()
     rights = rights_of(shipped)
     assert apply_rights(shipped, rights) == shipped
@@ -316,3 +322,55 @@ def test_apply_rights_keeps_the_document() -> None:
     rights["pharmacist"] = {"directory": "rz"}  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="unknown permission letters z"):
         apply_rights(shipped, rights)
+
+
+_ROLES = sorted(load_policy().roles)
+_LETTERS = st.sets(st.sampled_from("cruds")).map(lambda chosen: "".join(sorted(chosen)))
+_MATRICES = st.dictionaries(
+    st.sampled_from(_ROLES), st.dictionaries(st.sampled_from(CATEGORIES), _LETTERS)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_MATRICES)
+def test_any_matrix_round_trips_through_the_form_and_the_policy(matrix: Rights) -> None:
+    """Ticked boxes -> rights -> policy -> the guard's allows() -> the boxes shown again."""
+    shipped = load_policy()
+    form = {
+        f"p:{role}:{category}": list(letters)
+        for role, cats in matrix.items()
+        for category, letters in cats.items()
+    }
+    parsed, bad = parse_matrix(form, _ROLES)
+    assert bad == []
+    policy = apply_rights(shipped, parsed)
+    shown = rights_of(policy)
+    for role in _ROLES:
+        cells = matrix.get(role, {})
+        for category in CATEGORIES:
+            for letter in "cruds":
+                wanted = letter in cells.get(category, "")
+                assert policy.roles[role].allows(category, letter) is wanted
+                assert (letter in shown[role].get(category, "")) is wanted
+    assert (changes(rights_of(shipped), shown) == []) == (shown == rights_of(shipped))
+
+
+class _FailingStore(PolicyStore):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    async def latest_version(self) -> int:
+        raise OperationalError("SELECT max(version)", {}, Exception(self.message))
+
+
+async def test_refresh_fails_closed_unless_the_table_is_missing() -> None:
+    """A database error never leaves a process serving on the file's rights (they may have
+    been edited away); only a database without the table (not migrated) uses the file."""
+    shipped = load_policy()
+    control = AccessControl(shipped, locate_definitions(None))
+    down = PolicySync(control, _FailingStore("connection refused"), shipped)
+    with pytest.raises(OperationalError):
+        await down.refresh()
+    unmigrated = PolicySync(control, _FailingStore("no such table: access_policy_version"), shipped)
+    await unmigrated.refresh()
+    assert unmigrated.version == 0 and control.policy is shipped

@@ -243,8 +243,10 @@ class PolicySync:
                 return
             try:
                 newest = await self.store.latest_version()
-            except (OperationalError, ProgrammingError):
-                # No table yet (a database being migrated): the file's rights apply.
+            except (OperationalError, ProgrammingError) as exc:
+                if access_policy_version.name not in str(exc):
+                    raise  # never serve on rights that may have been edited away
+                # No table yet (a database not migrated): the file's rights apply.
                 self.checked = time.monotonic()
                 return
             if newest != self.version:
