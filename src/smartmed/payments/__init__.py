@@ -99,8 +99,8 @@ __all__ = [
 
 
 def install_payments(app: object) -> None:
-    """Mount the payments API and pages, the sandbox provider when configured, and
-    register the module's jobs (``app`` is the FastAPI application)."""
+    """Mount the payments API and pages and the sandbox provider (the only provider so
+    far), and register the module's jobs (``app`` is the FastAPI application)."""
     from fastapi import FastAPI
 
     from smartmed.payments import tasks  # noqa: F401  (registers refund and expiry jobs)
