@@ -303,3 +303,21 @@ async def test_payment_pages_need_a_login_and_speak_the_payers_language(
     anonymous = await http.get(f"/payments/orders/{missing}/pay")
     assert anonymous.status_code == 303
     assert anonymous.headers["location"].startswith("/login?next=")
+
+
+async def test_refund_callback_for_a_refund_never_asked(
+    engine: FhirEngine, http: httpx.AsyncClient
+) -> None:
+    order = await new_order(engine, "3.00")
+    notice = {
+        "id": "evt-x",
+        "event_type": "REFUND.SUCCESS",
+        "merchant_id": "merchant-test",
+        "out_trade_no": order.id,
+        "out_refund_no": "00000000-0000-0000-0000-00000000beef",
+        "refund_id": "r-1",
+        "amount_fen": 300,
+    }
+    response = await post_callback(http, *signed(notice))
+    assert (response.status_code, response.json()["outcome"]) == (404, "unknown-refund")
+    assert await ledger_sum(engine, order.id, "refund") == 0

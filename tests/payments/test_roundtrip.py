@@ -152,6 +152,20 @@ async def test_pay_fulfil_refund_round_trip(
         0,
     )
     assert await ledger_sum(engine, order.id, "refund") == 12000
+    async with engine.db.read() as conn:
+        outcomes = (
+            (
+                await conn.execute(
+                    select(payment_callback.c.outcome)
+                    .where(payment_callback.c.order_id == order.id)
+                    .order_by(payment_callback.c.pk)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    # The sandbox also reports each refund; the refund job had counted them already.
+    assert outcomes == ["accepted", "refund-duplicate", "refund-duplicate"]
     invoice = await read(engine, order.invoice)
     assert (invoice["status"], invoice["cancelledReason"]) == ("cancelled", "refunded")
     status = await http.get(f"/api/payments/orders/{order.id}", headers=resident)

@@ -11,6 +11,7 @@
 | ``amount-mismatch``, ``late-payment``, | see ``service.apply_payment`` | 200 | counted, |
 | ``double-payment`` | | | refund queued, people told |
 | ``refund-noted`` / ``refund-duplicate`` | a refund the provider made | 200 | counted once |
+| ``unknown-refund`` | signed, a refund we never asked for | 404 | none |
 
 2xx tells the provider to stop retrying; every callback is logged (order id and outcome,
 never personal data), kept in ``payment_callback`` and audited (AuditEvent subtype
@@ -39,6 +40,7 @@ STATUS = {
     "bad-signature": 401,
     "malformed": 400,
     "unknown-order": 404,
+    "unknown-refund": 404,
     "unknown-provider": 404,
 }
 # AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure.
@@ -49,6 +51,7 @@ _AUDIT_OUTCOME = {
     "refund-noted": "0",
     "refund-duplicate": "0",
     "unknown-order": "4",
+    "unknown-refund": "4",
     "malformed": "4",
     "bad-signature": "8",
     "amount-mismatch": "8",
@@ -131,7 +134,9 @@ async def handle_callback(
                 result = await service.record_refund(
                     engine, conn, refund_id=notice.transaction_id, source="callback"
                 )
-                outcome = "refund-noted" if result == "recorded" else f"refund-{result}"
+                outcome = {"recorded": "refund-noted", "duplicate": "refund-duplicate"}.get(
+                    result, "unknown-refund"
+                )
         if pk is not None:
             await conn.execute(
                 update(payment_callback)

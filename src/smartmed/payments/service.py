@@ -236,13 +236,19 @@ async def start_checkout(engine: FhirEngine, *, order_id: str) -> Checkout:
 
         raise ProviderError("the payment provider gave no payment page")
     async with engine.db.write() as conn:
-        await conn.execute(
-            update(payment_order)
-            .where(payment_order.c.id == row.id, payment_order.c.pay_url.is_(None))
-            .values(provider_ref=payment.payment_id, pay_url=payment.pay_url, qr=payment.qr)
-        )
-        with as_platform():
-            await records.issue_invoice(_repo(engine, conn), row.invoice_id)
+        current = await _lock(conn, row.id)
+        if current.state == "created":
+            await conn.execute(
+                update(payment_order)
+                .where(payment_order.c.id == row.id, payment_order.c.pay_url.is_(None))
+                .values(provider_ref=payment.payment_id, pay_url=payment.pay_url, qr=payment.qr)
+            )
+            with as_platform():
+                await records.issue_invoice(_repo(engine, conn), row.invoice_id)
+    if current.state != "created":
+        # It expired while we were at the provider: nobody may pay that payment now.
+        await provider.close_payment(row.id)
+        raise Conflict(f"the order is {current.state}; only a created order can be paid")
     return Checkout(row.id, payment.pay_url, payment.qr)
 
 
