@@ -14,10 +14,15 @@ the baseline measured in the same run:
 * ``literal refs``: the organisation Bundle's ids substituted before sending;
 * ``N households/tx``: several households per transaction;
 * ``… K in flight`` (PostgreSQL): K transactions at once on separate connections;
-* ``… x P processes`` (PostgreSQL): P loader processes, each with its own engine.
+* ``… x P processes`` (PostgreSQL): P loader processes, each with its own engine;
+* ``bulk …``: the bulk path (``fhir/storage/pipeline.py``, the default of ``smartmed
+  demo``): W worker processes prepare (validation, sealing, index extraction), this
+  process writes with COPY (PostgreSQL) or prepared executemany (SQLite), K bulk
+  transactions in flight, H households per transaction.
 
-``loader CPU µs/res`` is the CPU time of the loader process(es) per resource: unlike the
-wall-clock rate it hardly moves when other programs share the machine.
+``main CPU µs/res`` is the CPU time of the loading process per resource, ``workers`` that
+of its worker processes (bulk) or loader processes (``x P processes``): unlike the
+wall-clock rate they hardly move when other programs share the machine.
 
 It also prints the CPU ceiling of one loader process: the engine's per-resource work
 that no loader choice avoids (validation + search-index extraction + serialisation, as
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import tempfile
 import time
 import uuid
@@ -58,9 +64,11 @@ class Variant:
     name: str
     per_transaction: int
     resolve: bool
-    concurrency: int
+    concurrency: int | None
     postgres_only: bool = False
     processes: int = 1
+    bulk: bool = False
+    workers: int | None = None
 
 
 VARIANTS = (
@@ -75,6 +83,16 @@ VARIANTS = (
     Variant("10 households/tx, 2 in flight x 2 processes", 10, True, 2, True, 2),
     Variant("10 households/tx, 3 in flight x 2 processes", 10, True, 3, True, 2),
     Variant("10 households/tx, 2 in flight x 3 processes", 10, True, 2, True, 3),
+    # 12-: the bulk path
+    Variant("bulk: 2 workers, 50 households/tx (default)", 50, True, None, bulk=True, workers=2),
+    Variant("bulk: in-process (0 workers)", 50, True, None, bulk=True, workers=0),
+    Variant("bulk: 1 worker", 50, True, None, bulk=True, workers=1),
+    Variant("bulk: 3 workers", 50, True, None, bulk=True, workers=3),
+    Variant("bulk: 2 workers, 10 households/tx", 10, True, None, bulk=True, workers=2),
+    Variant("bulk: 2 workers, 25 households/tx", 25, True, None, bulk=True, workers=2),
+    Variant("bulk: 2 workers, 100 households/tx", 100, True, None, bulk=True, workers=2),
+    Variant("bulk: 2 workers, 1 writer", 50, True, 1, True, bulk=True, workers=2),
+    Variant("bulk: 2 workers, 3 writers", 50, True, 3, True, bulk=True, workers=2),
 )
 
 
@@ -102,13 +120,17 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
             await conn.close()
 
 
-async def run_variant(kind: str, variant: Variant, residents: int, seed: int) -> LoadReport:
-    """Load the county with one variant into a new database."""
+async def run_variant(
+    kind: str, variant: Variant, residents: int, seed: int
+) -> tuple[LoadReport, float]:
+    """Load the county with one variant into a new database; the report and the CPU
+    seconds of worker processes (bulk workers; loader processes)."""
     async with scratch_database(kind) as url:
         engine = FhirEngine.build(Settings(database_url=url))
         try:
             await migrate(engine.db)
-            return await load_county(
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            report = await load_county(
                 engine,
                 residents=residents,
                 seed=seed,
@@ -117,7 +139,14 @@ async def run_variant(kind: str, variant: Variant, residents: int, seed: int) ->
                 processes=variant.processes,
                 resolve=variant.resolve,
                 show_progress=False,
+                bulk=variant.bulk,
+                workers=variant.workers,
             )
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            children = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            if variant.processes > 1:  # their CPU is already in the report
+                children = 0.0
+            return report, children
         finally:
             await engine.db.dispose()
 
@@ -187,19 +216,20 @@ async def main() -> None:
         print(f"\n{kind}: {args.residents:,} residents, seed {args.seed}")
         print(
             f"  {'variant':<50} {'resources':>9} {'seconds':>8} {'res/s':>7} {'x base':>7} "
-            f"{'loader CPU µs/res':>17}"
+            f"{'main CPU µs/res':>15} {'workers':>8}"
         )
         base_rate: float | None = None
         for number in chosen:
             variant = VARIANTS[number - 1]
             if variant.postgres_only and kind != "postgres":
                 continue
-            report = await run_variant(kind, variant, args.residents, args.seed)
+            report, children = await run_variant(kind, variant, args.residents, args.seed)
             base_rate = base_rate or report.rate
             print(
-                f"  {number}. {variant.name:<47} {report.total:>9,} {report.seconds:>8.1f} "
+                f"  {number:>2}. {variant.name:<46} {report.total:>9,} {report.seconds:>8.1f} "
                 f"{report.rate:>7,.0f} {report.rate / base_rate:>6.2f}x "
-                f"{report.cpu_seconds / report.total * 1e6:>17,.0f}",
+                f"{report.cpu_seconds / report.total * 1e6:>15,.0f} "
+                f"{max(children, 0.0) / report.total * 1e6:>8,.0f}",
                 flush=True,
             )
             last = (kind, variant)
