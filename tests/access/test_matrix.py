@@ -97,6 +97,21 @@ async def test_includes_revincludes_has_and_chains_do_not_leak(
     assert ids(r.json()) <= readable, who
     r = await c.get("/fhir/R4/Observation", params={"subject:Patient.family": "王"})
     assert ids(r.json()) <= readable, who
+    # Inner criteria only see what the caller sees: the specialist's referral (p4's) must
+    # not reveal itself through the open Practitioner directory.
+    r = await c.get(
+        "/fhir/R4/Practitioner", params={"_has:ServiceRequest:performer:category": "3457005"}
+    )
+    if r.status_code != 403:
+        assert r.status_code == 200, r.text
+        visible = (await c.get("/fhir/R4/ServiceRequest/ref4")).status_code == 200
+        assert ids(r.json()) == ({"Practitioner/spec1"} if visible else set()), who
+    r = await c.get("/fhir/R4/ServiceRequest", params={"performer:Practitioner._id": "spec1"})
+    if r.status_code != 403:
+        assert ids(r.json()) <= readable, who
+    r = await c.get("/fhir/R4/Contract", params={"patient:Patient.family": "王"})
+    if r.status_code != 403:
+        assert all(ref != "Contract/c2" or "Patient/p2" in readable for ref in ids(r.json())), who
     # The reverse include of a readable patient never brings another patient's records.
     r = await c.get("/fhir/R4/Observation", params={"_include:iterate": "*", "_include": "*"})
     assert all(

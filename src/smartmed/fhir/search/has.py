@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, false, select
 from sqlalchemy.sql import FromClause
 
+from smartmed.fhir.hooks import current_access
 from smartmed.fhir.search.query import HasParam
 from smartmed.fhir.search.sql import param_condition
 from smartmed.fhir.storage.tables import idx_reference, resource
@@ -24,9 +25,15 @@ def has_condition(
         inner_cond = has_condition(source, has.source, inner, is_postgres=is_postgres)
     else:
         inner_cond = param_condition(source, has.source, inner, is_postgres=is_postgres)
-    referrers = select(source.c.pk).where(
-        source.c.type == has.source, source.c.deleted == false(), inner_cond
-    )
+    conds = [source.c.type == has.source, source.c.deleted == false(), inner_cond]
+    # Only referrers the caller may see count: otherwise ``_has`` would reveal records
+    # beyond the caller's access (a referral to a specialist, another patient's result).
+    guard = current_access.get()
+    if guard is not None:
+        allowed = guard.search_condition(source, has.source)
+        if allowed is not None:
+            conds.append(allowed)
+    referrers = select(source.c.pk).where(*conds)
     ref = idx_reference.alias()
     targets = select(ref.c.target_id).where(
         ref.c.resource_type == has.source,

@@ -89,6 +89,9 @@ async def match_ids(
     if not items:
         raise Invalid("conditional criteria are empty")
     request = parse(services, type_, items, strict=True)
+    guard = current_access.get()
+    if guard is not None:
+        await guard.ready(conn)  # chains and _has consult it
     stmt = select(resource.c.id).where(*_conditions(services, type_, request)).limit(2)
     return list((await conn.execute(stmt)).scalars())
 
@@ -149,10 +152,11 @@ async def search_bundle(
     control = dict(items)
     offset = request.offset
     snapshot: int | None = _non_negative(control.get("_snapshot", "0"), "_snapshot") or None
-    conds = _conditions(services, type_, request, restrict)
     guard = current_access.get()
     if guard is not None:
-        await guard.ready(conn)
+        await guard.ready(conn)  # chains and _has consult it too
+    conds = _conditions(services, type_, request, restrict)
+    if guard is not None:
         guard.check_summary(type_, request.summary)
         allowed = guard.search_condition(resource, type_)
         if allowed is not None:

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Text, and_, false, literal, not_, or_, sel
 from sqlalchemy.sql import FromClause
 
 from smartmed.fhir.errors import Invalid
+from smartmed.fhir.hooks import current_access
 from smartmed.fhir.search import geo, support
 from smartmed.fhir.search.query import (
     CompositeQuery,
@@ -356,4 +357,15 @@ def _chain_condition(
     inner_type: TypeExpr = target_type or target.c.type
     inner = replace(parsed, chain=tuple(rest))
     inner_cond = param_condition(target, inner_type, inner, is_postgres=is_postgres)
+    # Criteria on resources the caller may not see would reveal them (a patient's name
+    # found through a chain): the chain only follows references to what the caller sees.
+    guard = current_access.get()
+    if guard is not None:
+        allowed = (
+            guard.search_condition(target, target_type)
+            if target_type
+            else guard.any_condition(target)
+        )
+        if allowed is not None:
+            inner_cond = and_(inner_cond, allowed)
     return res.c.pk.in_(select(ref.c.res_pk).select_from(joined).where(cond, inner_cond))
