@@ -135,9 +135,10 @@ def test_push_reaches_a_browser_page(live: tuple[str, str], chromium: Any) -> No
     page = context.new_page()
     page.goto(base + "/")
     page.get_by_test_id("login").click()
-    page.get_by_label("Account").fill("notify-resident")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    # The login page speaks the browser's language (zh-CN here): fields by their ids.
+    page.locator("#login-username").fill("notify-resident")
+    page.locator("#login-password").fill(PASSWORD)
+    page.locator("main form button[type=submit]").click()
     page.wait_for_url(base + "/")
 
     opened = page.evaluate(
