@@ -105,6 +105,7 @@ async def test_audit_trail_follows_the_policy(app: FastAPI) -> None:
         await login(c, auditor)
         r = await c.get("/audit", params={"subtype": "read"})
         assert r.status_code == 200 and {"acct-inside", "acct-outside"} <= _agents(r.text)
+        assert 'data-testid="scoped"' not in r.text
 
     await _grant_audit(app, "platform-admin", "institution-admin")
     async with browser(app, **EN) as c:
@@ -119,6 +120,7 @@ async def test_audit_trail_follows_the_policy(app: FastAPI) -> None:
         assert r.status_code == 200
         seen = _agents(r.text)
         assert "acct-inside" in seen and "acct-outside" not in seen
+        assert 'data-testid="scoped"' in r.text
         # Asking for someone outside the organisation finds nothing.
         r = await c.get("/audit", params={"agent": outside})
         assert r.status_code == 200 and "acct-outside" not in r.text

@@ -240,7 +240,8 @@ def build_router() -> APIRouter:
         _ = gettext_for(request)
         query = _parse(request)
         params, errors = search_params(query)
-        limited = restrict_agents(params, await jurisdiction_agents(request))
+        agents = await jurisdiction_agents(request)
+        limited = restrict_agents(params, agents)
         if limited is None:
             page = fhirdata.Page([], {}, 0, query.offset, query.size)
         else:
@@ -255,6 +256,7 @@ def build_router() -> APIRouter:
             page=page,
             events=events,
             errors={k: _(v) for k, v in errors.items()},
+            scoped=agents is not None,
             actions=ACTIONS,
             outcomes=OUTCOMES,
             subtypes=SUBTYPES,
