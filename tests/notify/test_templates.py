@@ -18,6 +18,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "followup-reminder": {"name": "李四", "doctor": "王", "due": "2026-12-01", "place": "卫生院"},
     "contract-renewal": {"name": "李四", "team": "一队", "ends": "2026-12-31"},
+    "contract-invitation": {
+        "name": "李四",
+        "team": "一队",
+        "link": "https://county.example/contracting/apply?t=abc",
+        "expires": "2026-11-29T05:30:00.000000Z",
+    },
     "break-glass": {
         "clinician": "Practitioner/12",
         "reason": "昏迷送急诊",

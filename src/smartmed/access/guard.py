@@ -70,9 +70,12 @@ class AccessControl:
         self.patient_params: dict[str, tuple[str, ...]] = {
             type_: tuple(p for p in params if p != OWN) for type_, params in patient.items()
         }
+        for type_, params in policy.patient_links.items():
+            known = self.patient_params.get(type_, ())
+            self.patient_params[type_] = known + tuple(p for p in params if p not in known)
         self.categorized = frozenset(t for types in policy.categories.values() for t in types)
         # Listed categories win: AuditEvent is in the Patient compartment but is "audit".
-        self.clinical_types = (frozenset(patient) | {"Patient"}) - self.categorized
+        self.clinical_types = (frozenset(self.patient_params) | {"Patient"}) - self.categorized
         self.pairs = [(t, p) for t, params in self.patient_params.items() for p in params]
         self.deriver = GrantDeriver(policy)
         # Who a person acts as (their PractitionerRoles and CareTeams), per person, for

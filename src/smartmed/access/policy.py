@@ -77,6 +77,10 @@ class Policy(BaseModel):
     break_glass_hours: float = Field(default=4, gt=0, le=72)
     roles: dict[str, RolePolicy]
     grants: list[GrantRule] = Field(default_factory=list)
+    # Resource types outside the official Patient compartment that still belong to one
+    # patient's record, with the reference parameters that name the patient (a
+    # family-doctor Contract): they are then clinical records like the compartment's.
+    patient_links: dict[str, list[str]] = Field(default_factory=dict)
     # What a family representative may write for a member, by resource type: the
     # delegated action the member's Consent must name (others: only one's own records).
     delegated_writes: dict[str, str] = Field(default_factory=dict)

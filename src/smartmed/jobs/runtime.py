@@ -26,9 +26,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("smartmed.jobs")
 
-# Packages whose import registers jobs, handlers or schedules; absent ones are skipped
-# (the notifications package lands separately).
-BUILTIN_JOB_MODULES = ("smartmed.jobs.subscriptions", "smartmed.notify")
+# Packages whose import registers jobs, handlers or schedules (a worker process must know
+# every job the app processes enqueue); absent ones are skipped.
+BUILTIN_JOB_MODULES = (
+    "smartmed.jobs.subscriptions",
+    "smartmed.notify",
+    "smartmed.payments.tasks",
+    "smartmed.payments.sandbox.tasks",
+    "smartmed.contracting.tasks",
+)
 
 
 def load_job_modules(settings: Settings) -> list[str]:
