@@ -20,6 +20,7 @@ from smartmed.notify import (
     notify,
 )
 from smartmed.notify.tables import notification, notify_inbox
+from smartmed.notify.templates import template_names
 from tests.notify.conftest import communication, create, person, settle, state, unique_phone
 
 BP = {"patient": "张三", "systolic": 182, "diastolic": 110, "measured_at": "2026-11-22T01:30:00Z"}
@@ -44,7 +45,7 @@ BAD: list[tuple[dict[str, Any], type[Invalid], str, str]] = [
         UnknownTemplate,
         "template",
         "unknown notification template 'no-such-template' "
-        "(known: bp-alert, break-glass, contract-renewal, followup-reminder)",
+        f"(known: {', '.join(sorted(template_names()))})",
     ),
     (
         {"channels": ("inapp", "fax")},

@@ -31,8 +31,30 @@ def rebuild() -> None:
 
 @access_app.command("policy")
 def policy() -> None:
-    """Print the access policy in force (the shipped one or SMARTMED_ACCESS_POLICY_FILE)."""
-    from smartmed.access.policy import load_policy
+    """Print the access policy in force: the shipped one (or SMARTMED_ACCESS_POLICY_FILE)
+    with the rights per role last saved in the portal's rights editor, if any."""
+    from smartmed.access.policy import Policy, load_policy
 
-    loaded = load_policy(get_settings().access_policy_file)
-    typer.echo(orjson.dumps(loaded.model_dump(by_alias=True), option=orjson.OPT_INDENT_2).decode())
+    settings = get_settings()
+    shipped = load_policy(settings.access_policy_file)
+
+    async def stored() -> tuple[int, Policy]:
+        from smartmed.access.policy_store import PolicyStore, apply_rights
+        from smartmed.fhir.storage.database import Database
+
+        db = Database(settings.database_url)
+        try:
+            latest = await PolicyStore(db).latest()
+        except Exception:  # noqa: BLE001 - a database without the table: the file applies
+            latest = None
+        finally:
+            await db.dispose()
+        if latest is None:
+            return 0, shipped
+        return latest.version, apply_rights(shipped, latest.rights)
+
+    version, in_force = asyncio.run(stored())
+    source = f"rights version {version} from the rights editor" if version else "the file"
+    typer.echo(f"# access policy in force ({source})", err=True)
+    document = in_force.model_dump(by_alias=True)
+    typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())

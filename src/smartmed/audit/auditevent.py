@@ -88,6 +88,8 @@ def event_type(subtype: str) -> tuple[dict[str, str], list[dict[str, str]]]:
         return _coding(DCM, "110114", "User Authentication"), [_coding(DCM, *dicom), own]
     if subtype == "export":
         return _coding(DCM, "110106", "Export"), [own]
+    if subtype == "access-policy":
+        return _coding(DCM, "110136", "Security Roles Changed"), [own]
     return _coding(DCM, "110110", "Patient Record"), [own]
 
 
