@@ -45,6 +45,7 @@ class Dialect(ABC):
     name = ""
     sqlglot = ""
     lists = False  # collections as list expressions, resource fields extracted once
+    flat_unions = False  # unionAll as UNION ALL of whole queries, not a lateral subquery
     types = {BOOL: "BOOLEAN", INT: "BIGINT", NUM: "DOUBLE", TEXT: "VARCHAR", "json": "JSON"}
 
     def ident(self, name: str) -> str:
@@ -133,7 +134,9 @@ class Dialect(ABC):
 
     def with_index(self, coll: Coll) -> str:
         """A subquery over the collection with columns v and i (0-based position)."""
-        if len(coll.order) == 1:
+        if not coll.order:  # a singleton's collection: one element at most
+            index = "0"
+        elif len(coll.order) == 1:
             index = coll.order[0]
         else:
             index = f"row_number() OVER ({self._order(coll).strip()}) - 1"
@@ -344,6 +347,7 @@ class Spark(Dialect):
     """
 
     name = sqlglot = "spark"
+    flat_unions = True  # Spark refuses outer references two subquery levels down
     types = {BOOL: "BOOLEAN", INT: "BIGINT", NUM: "DOUBLE", TEXT: "STRING", "json": "STRING"}
 
     def field(self, json: str, key: str) -> str:
@@ -395,7 +399,7 @@ class Spark(Dialect):
         return f"(SELECT {self._sorted(coll, item)}{self._from(coll)})"
 
     def with_index(self, coll: Coll) -> str:
-        if len(coll.order) != 1:
+        if len(coll.order) > 1:
             raise Unsupported("a forEach over a nested collection needs one order key on Spark")
         return super().with_index(coll)
 

@@ -40,9 +40,33 @@ class CompiledView:
 
 @dataclass(slots=True)
 class _Level:
-    cols: list[tuple[OutputColumn, str]] = field(default_factory=list)
+    cols: list[tuple[OutputColumn, str] | _Union] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
     where: list[str] = field(default_factory=list)
+
+    def expand(self) -> list[tuple[list[tuple[OutputColumn, str]], list[str], list[str]]]:
+        """Each combination of unionAll branches as (columns, joins, filters) of one flat
+        query (a cross product distributes over UNION ALL)."""
+        combos: list[tuple[list[tuple[OutputColumn, str]], list[str], list[str]]]
+        combos = [([], list(self.joins), list(self.where))]
+        for item in self.cols:
+            if isinstance(item, _Union):
+                combos = [
+                    (cols + bcols, joins + bjoins, where + bwhere)
+                    for cols, joins, where in combos
+                    for branch in item.branches
+                    for bcols, bjoins, bwhere in branch.expand()
+                ]
+            else:
+                combos = [(cols + [item], joins, where) for cols, joins, where in combos]
+        return combos
+
+
+@dataclass(slots=True)
+class _Union:
+    """A unionAll kept as its branches, for dialects that expand it (Spark)."""
+
+    branches: list[_Level]
 
 
 class _ViewCompiler:
@@ -92,16 +116,22 @@ class _ViewCompiler:
             level.cols.append(self.column(col, focus, row_index))
         for child in sel.selects:
             self.select(child, focus, row_index, level)
-        if sel.union_all:
+        if sel.union_all and self.d.flat_unions:
+            subs = []
+            for branch in sel.union_all:
+                subs.append(_Level())
+                self.select(branch, focus, row_index, subs[-1])
+            level.cols.append(_Union(subs))
+        elif sel.union_all:
             branches, subs = [], []
             for branch in sel.union_all:
                 subs.append(_Level())
                 self.select(branch, focus, row_index, subs[-1])
                 one = self.d.one_row(self.c.alias())
-                branches.append(self.render(subs[-1], one, subs[-1].where))
+                branches.append(self.render(subs[-1], one, []))
             a = self.c.alias()
             level.joins.append(f" CROSS JOIN LATERAL ({' UNION ALL '.join(branches)}) AS {a}")
-            for out, _ in subs[0].cols:
+            for out, _ in subs[0].expand()[0][0]:
                 level.cols.append((out, f"{a}.{self.d.ident(out.name)}"))
 
     def for_each(self, sel: Select, focus: Val, row_index: str, level: _Level) -> tuple[Val, str]:
@@ -174,9 +204,13 @@ class _ViewCompiler:
         return f"SELECT {coll.value} AS v, {path_sql} AS p FROM {sources} WHERE {where}"
 
     def render(self, level: _Level, source: str, where: list[str]) -> str:
-        cols = ", ".join(f"{sql} AS {self.d.ident(out.name)}" for out, sql in level.cols)
-        sql = f"SELECT {cols} FROM {source}{''.join(level.joins)}"
-        return sql + (" WHERE " + " AND ".join(where) if where else "")
+        queries = []
+        for cols, joins, filters in level.expand():
+            names = ", ".join(f"{sql} AS {self.d.ident(out.name)}" for out, sql in cols)
+            sql = f"SELECT {names} FROM {source}{''.join(joins)}"
+            conds = [*where, *filters]
+            queries.append(sql + (" WHERE " + " AND ".join(conds) if conds else ""))
+        return " UNION ALL ".join(queries)
 
     def compile(self, source: str) -> CompiledView:
         resource = self.c.model.resource(self.view.resource)
@@ -200,8 +234,8 @@ class _ViewCompiler:
             self.select(sel, focus, "0", level)
         if self.c.hoisted:
             source = self.d.hoist(source, list(self.c.hoisted), HOISTED)
-        sql = self.render(level, f"{source} AS r", [*conds, *level.where])
-        columns = tuple(out for out, _ in level.cols)
+        sql = self.render(level, f"{source} AS r", conds)
+        columns = tuple(out for out, _ in level.expand()[0][0])
         return CompiledView(sql, columns, self.view.resource)
 
 
