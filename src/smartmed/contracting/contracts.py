@@ -39,8 +39,10 @@ STATEMENT = "smartmed-family-doctor-contract-v1"
 
 METHODS = ("portal", "qr-card", "invitation", "share-link", "agent", "in-person")
 TERMINATION_REASONS = ("resident-request", "moved-away", "deceased", "team-request", "other")
-# Service packages are published by the payments module; the contract names the chosen
-# one by reference (see docs/contracting.md, "chosen package").
+# Service packages are published by this module (packages.py: PlanDefinition priced by a
+# ChargeItemDefinition); the contract names the chosen one by reference. A paid package is
+# named only when contracting's @on_payment("paid") handler sees the payment confirmed
+# (docs/contracting.md, "Service packages").
 PACKAGE_TYPES = ("PlanDefinition", "InsurancePlan", "ChargeItemDefinition")
 RENEWAL_WINDOW = timedelta(days=90)  # renew from 90 days before the end …
 RENEWAL_GRACE = timedelta(days=90)  # … until 90 days after it

@@ -219,8 +219,10 @@ async def do_terminate(
 async def do_set_package(
     engine: FhirEngine, conn: AsyncConnection, *, contract_id: str, package: str | None
 ) -> dict[str, Any]:
-    """Name the service package the resident chose (the payments module calls this once
-    a purchase is confirmed); None removes it."""
+    """Name the service package on the contract; None removes it. A free package is named
+    when the resident chooses it (``packages.do_choose``); a paid one only by the
+    contracting module's own ``@on_payment("paid")`` handler (``packages.activate_paid``)
+    once the payment is confirmed — payments never calls this."""
     await check_package(engine, conn, package)
     contract = await access_contract(engine, conn, contract_id)
     if contract.get("status") not in (PENDING, ACTIVE):

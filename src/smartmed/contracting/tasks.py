@@ -12,7 +12,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from smartmed.contracting import service
+from smartmed.contracting import (
+    packages,  # noqa: F401 - the package payment handlers
+    service,
+)
 from smartmed.fhir.context import FhirEngine
 from smartmed.jobs import JobContext, schedule
 
