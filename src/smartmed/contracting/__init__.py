@@ -25,8 +25,15 @@ from fastapi import Depends, FastAPI
 
 def install(app: FastAPI) -> None:
     """Mount the API and the portal pages; registers the renewal-reminder job."""
-    from smartmed.contracting import api, pages, tasks  # noqa: F401 - tasks registers the job
+    from smartmed.contracting import (  # noqa: F401 - tasks and reports register jobs
+        api,
+        pages,
+        reports,
+        tasks,
+        work_api,
+    )
     from smartmed.portal import csrf_protect
 
     app.include_router(api.build_router())
+    app.include_router(work_api.build_router())
     app.include_router(pages.build_router(), dependencies=[Depends(csrf_protect)])
