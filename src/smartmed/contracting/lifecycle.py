@@ -73,8 +73,11 @@ async def do_renew(
     actor: str,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Renew in one step: a new executed contract with the same team and package for the
-    next year, pointing to this one (``replaces``, reason ``renewal``)."""
+    """Renew in one step: a new executed contract with the same team for the next year,
+    pointing to this one (``replaces``, reason ``renewal``). A free package carries over;
+    a paid one is bought again for the new year (``packages.renewable_package``)."""
+    from smartmed.contracting.packages import renewable_package
+
     at = now or now_utc()
     contract = await access_contract(engine, conn, contract_id)
     await _may_change(engine, conn, contract, actor, at)
@@ -109,7 +112,7 @@ async def do_renew(
         signers=[
             s for s in contract.get("signer") or [] if s.get("type", {}).get("code") != "HPROV"
         ],
-        package=package_of(contract),
+        package=await renewable_package(engine, conn, package_of(contract)),
         at=at,
         replaces=(f"Contract/{contract_id}", "renewal"),
     )

@@ -543,6 +543,20 @@ async def ensure_catalogue(engine: FhirEngine, conn: AsyncConnection) -> list[st
 # -- choosing and buying ---------------------------------------------------------------
 
 
+async def renewable_package(
+    engine: FhirEngine, conn: AsyncConnection, package: str | None
+) -> str | None:
+    """What a renewal carries over: a free package; a paid one is bought again for the new
+    contract year (it was paid for one year)."""
+    if not package or not package.startswith("PlanDefinition/"):
+        return package
+    try:
+        found = await get_package(engine, conn, package)
+    except FhirError:
+        return None
+    return package if found.free else None
+
+
 @dataclass(frozen=True, slots=True)
 class Choice:
     contract: dict[str, Any]
