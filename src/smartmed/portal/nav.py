@@ -83,6 +83,14 @@ ENTRIES = (
         _("Sign with a family-doctor team, renew, see your history"),
     ),
     Entry(
+        "package",
+        _("Service packages"),
+        "/contracting/packages",
+        PUBLIC,
+        _("For me"),
+        _("Choose and buy a package; what you have used and what is left"),
+    ),
+    Entry(
         "contracting",
         _("Contracting"),
         "/contracting/team",
@@ -129,6 +137,15 @@ ENTRIES = (
         ADMINS,
         _("Basic information"),
         _("Team members and service areas"),
+    ),
+    Entry(
+        "packages",
+        _("Service packages"),
+        "/contracting/admin/packages",
+        ADMINS,
+        _("Basic information"),
+        _("Publish, edit and retire family-doctor service packages"),
+        right=("directory", "u"),  # PlanDefinition and ChargeItemDefinition are directory
     ),
     Entry(
         "import",
