@@ -231,25 +231,21 @@ def to_measure_report(
     """The MeasureReport of ``values`` (see the module docstring)."""
     groups = [_group(code, int(values[code])) for code in FIGURES[:5]]
     services: dict[str, int] = values["services"]
-    groups.append(
-        {
-            **_group("services", sum(services.values())),
-            "stratifier": [
-                {
-                    "code": [{"coding": [{"system": MEASURE_SYSTEM, "code": "item"}]}],
-                    "stratum": [
-                        {
-                            "value": {
-                                "coding": [{"system": teamwork.SERVICE_ITEM_SYSTEM, "code": item}]
-                            },
-                            "measureScore": {"value": n},
-                        }
-                        for item, n in services.items()
-                    ],
-                }
-            ],
-        }
-    )
+    service_group = _group("services", sum(services.values()))
+    if services:  # FHIR allows no empty arrays
+        service_group["stratifier"] = [
+            {
+                "code": [{"coding": [{"system": MEASURE_SYSTEM, "code": "item"}]}],
+                "stratum": [
+                    {
+                        "value": {"coding": [{"system": teamwork.SERVICE_ITEM_SYSTEM, "code": i}]},
+                        "measureScore": {"value": n},
+                    }
+                    for i, n in services.items()
+                ],
+            }
+        ]
+    groups.append(service_group)
     groups.append(_group("follow-up-visits", int(values["follow-up-visits"])))
     due, done = values["follow-ups"]["due"], values["follow-ups"]["done"]
     follow: dict[str, Any] = {
