@@ -229,8 +229,9 @@ class Area:
         self.key_residents += key
         self.key_contracted += key and signed
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, *, services: bool = False) -> dict[str, Any]:
+        """The row; ``services`` adds the fulfilment figures (teams)."""
+        row: dict[str, Any] = {
             "key": self.key,
             "name": self.name,
             "residents": self.residents,
@@ -239,11 +240,15 @@ class Area:
             "keyResidents": self.key_residents,
             "keyContracted": self.key_contracted,
             "coverage": rate(self.key_contracted, self.key_residents),
-            "active": self.active,
-            "served": self.served,
-            "neverServed": self.active - self.served,
-            "fulfilment": rate(self.served, self.active),
         }
+        if services:
+            row |= {
+                "active": self.active,
+                "served": self.served,
+                "neverServed": self.active - self.served,
+                "fulfilment": rate(self.served, self.active),
+            }
+        return row
 
 
 def _day(value: Any) -> date | None:
@@ -425,7 +430,9 @@ async def compute(
         "total": total.as_dict(),
         "villages": sorted((a.as_dict() for a in villages.values()), key=lambda r: r["name"]),
         "townships": sorted((a.as_dict() for a in townships.values()), key=lambda r: r["name"]),
-        "teams": sorted((a.as_dict() for a in team_areas.values()), key=lambda r: r["name"]),
+        "teams": sorted(
+            (a.as_dict(services=True) for a in team_areas.values()), key=lambda r: r["name"]
+        ),
         "groups": [
             {
                 "group": g,
