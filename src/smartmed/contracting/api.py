@@ -20,6 +20,7 @@ GET     /card?team=                                 team member: their business-
 POST    /share                                      resident with a contract: a share link
 GET     /team/applications?team=                    team member: applications to review
 GET     /team/residents?team=                       team member: contracted residents + key groups
+(packages_api.py)                                   packages, choosing/buying one, service records
 ======  ==========================================  ==========================================
 
 The caller is a bearer access token or the portal session (whose unsafe requests need
@@ -36,7 +37,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from smartmed.contracting import flows, lifecycle, populations, service
+from smartmed.contracting import flows, lifecycle, packages, populations, service
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Forbidden, Unauthorized
 from smartmed.identity.principal import Principal, Role
@@ -240,6 +241,7 @@ def build_router() -> APIRouter:
         who = resident(principal)
         engine = engine_of(request)
         async with engine.db.write() as conn:
+            await packages.check_signing_package(engine, conn, body.package)
             contract = await service.do_apply(
                 engine,
                 conn,
@@ -284,6 +286,7 @@ def build_router() -> APIRouter:
         now = service.now_utc()
         found = flows.open_link(engine, body.token, now=now)
         async with engine.db.write() as conn:
+            await packages.check_signing_package(engine, conn, body.package)
             contract = await flows.do_apply_by_link(
                 engine,
                 conn,
@@ -351,6 +354,7 @@ def build_router() -> APIRouter:
         who = team_member(principal)
         engine = engine_of(request)
         async with engine.db.write() as conn:
+            await packages.check_signing_package(engine, conn, body.package)
             contract = await service.do_sign_in_person(
                 engine,
                 conn,
@@ -431,4 +435,7 @@ def build_router() -> APIRouter:
             items = await team_residents(engine, conn, team=team, at=now)
         return _json({"items": items})
 
+    from smartmed.contracting import packages_api  # packages and service records
+
+    router.include_router(packages_api.build_router())
     return router

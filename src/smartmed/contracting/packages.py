@@ -543,6 +543,24 @@ async def ensure_catalogue(engine: FhirEngine, conn: AsyncConnection) -> list[st
 # -- choosing and buying ---------------------------------------------------------------
 
 
+async def check_signing_package(
+    engine: FhirEngine, conn: AsyncConnection, package: str | None
+) -> None:
+    """A package named when applying or signing must be a free package on sale: a paid one
+    is bought for the application or contract afterwards (:func:`do_choose`)."""
+    if package is None:
+        return
+    if not package.startswith("PlanDefinition/"):
+        raise refuse(Invalid, "unknown-package", f"{package} is not a service package")
+    found = await get_package(engine, conn, package)
+    if found.status != "active":
+        raise refuse(Refused, "package-retired", f"{found.ref} is no longer offered")
+    if not found.free:
+        raise refuse(
+            Refused, "package-needs-payment", f"{found.ref} is paid: buy it for the contract"
+        )
+
+
 async def renewable_package(
     engine: FhirEngine, conn: AsyncConnection, package: str | None
 ) -> str | None:
