@@ -31,9 +31,11 @@ def install(app: FastAPI) -> None:
         reports,
         tasks,
         work_api,
+        work_pages,
     )
     from smartmed.portal import csrf_protect
 
     app.include_router(api.build_router())
     app.include_router(work_api.build_router())
     app.include_router(pages.build_router(), dependencies=[Depends(csrf_protect)])
+    app.include_router(work_pages.build_router(), dependencies=[Depends(csrf_protect)])

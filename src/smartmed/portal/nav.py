@@ -31,6 +31,7 @@ PUBLIC = frozenset({Role.RESIDENT, Role.FAMILY_REPRESENTATIVE})
 AUDITORS = frozenset({Role.AUDIT_ADMIN})
 # Members of family-doctor teams (docs/contracting.md).
 CONTRACT_TEAM = frozenset({Role.FAMILY_DOCTOR, Role.NURSE, Role.PUBLIC_HEALTH_WORKER})
+CONTRACT_ANALYSTS = frozenset({Role.INSTITUTION_ADMIN, Role.HEALTH_AUTHORITY_ANALYST})
 # Who may edit the rights under the shipped policy: update on the system category.
 RIGHTS_ADMINS = frozenset({Role.PLATFORM_ADMIN, Role.SYSTEM_ADMIN})
 
@@ -97,6 +98,30 @@ ENTRIES = (
         CONTRACT_TEAM,
         _("Work"),
         _("Applications to review and your contracted residents"),
+    ),
+    Entry(
+        "workbench",
+        _("Workbench"),
+        "/contracting/workbench",
+        CONTRACT_TEAM,
+        _("Work"),
+        _("Your residents, due follow-ups and open tasks"),
+    ),
+    Entry(
+        "team-reports",
+        _("Team reports"),
+        "/contracting/reports",
+        CONTRACT_TEAM,
+        _("Work"),
+        _("Weekly and monthly work reports, to view and download"),
+    ),
+    Entry(
+        "contract-analytics",
+        _("Contract analytics"),
+        "/contracting/analytics",
+        CONTRACT_ANALYSTS,
+        _("Work"),
+        _("Signing, coverage, renewals and fulfilment by area and team"),
     ),
     Entry(
         "directory",
