@@ -14,6 +14,7 @@ POST    /contracting/{id}/review         team: accept / reject with a reason
 POST    /contracting/invite              team: invite a resident (link shown and sent)
 POST    /contracting/in-person           team: sign a resident present in person
 GET     /contracting/card                team: my business card with its QR code
+(package_pages.py)                       packages, buying, service records, publishing
 ======  ===============================  ===============================================
 
 Every message shown comes from the templates (Babel catalogue); service errors carry a
@@ -382,6 +383,9 @@ def build_router() -> APIRouter:
         require(request, "contract")
         return api.resident(principal), BASE
 
+    from smartmed.contracting import package_pages  # packages and service records
+
+    router.include_router(package_pages.build_router())
     return router
 
 
