@@ -5,6 +5,7 @@ honoured (someone else's contract, a closed contract) refunded instead of activa
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -76,6 +77,23 @@ async def pay(engine: FhirEngine, order_id: str) -> None:
     done = await pay_on_page(checkout.pay_url, PAY_APPS[-1])
     assert done.status_code == 303, done.text
     await drain(engine)
+
+
+async def test_a_new_database_is_seeded_once_by_concurrent_first_looks(
+    engine: FhirEngine,
+) -> None:
+    """First test of the module: its database has no package yet."""
+    await asyncio.gather(*(packages.seed_if_empty(engine) for _ in range(4)))
+    async with engine.db.read() as conn:
+        plans = await service.search(
+            engine, conn, "PlanDefinition", [("type", "urn:smartmed:plan-type|service-package")]
+        )
+        prices = await service.search(
+            engine, conn, "ChargeItemDefinition", [("identifier", "urn:smartmed:service-package|")]
+        )
+    codes = sorted(packages.catalogue_code(p) for p in plans)
+    assert codes == ["basic", "diabetes", "elderly", "hypertension"]
+    assert len(prices) == 4
 
 
 async def test_catalogue_seed_is_idempotent_and_priced(engine: FhirEngine) -> None:

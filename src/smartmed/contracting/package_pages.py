@@ -106,6 +106,7 @@ def build_router() -> APIRouter:
     async def browse(request: Request) -> Response:
         require(request, "package")
         engine = api.engine_of(request)
+        await packages.seed_if_empty(engine)
         contracts = await _mine(request)
         async with engine.db.read() as conn:
             offered = await packages.list_packages(engine, conn)
@@ -204,6 +205,7 @@ def build_router() -> APIRouter:
         editing: str | None = None,
     ) -> Response:
         engine = api.engine_of(request)
+        await packages.seed_if_empty(engine)
         async with engine.db.read() as conn:
             found = await packages.list_packages(engine, conn, retired=True)
         return render(

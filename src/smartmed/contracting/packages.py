@@ -49,6 +49,7 @@ from smartmed.contracting.service import (
 )
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import FhirError, Forbidden, Invalid, NotFound
+from smartmed.fhir.repository import advisory_lock
 from smartmed.jobs import JobContext
 from smartmed.payments import Order, PaymentEvent, on_payment
 from smartmed.payments import service as payments
@@ -302,6 +303,11 @@ def is_package(plan: dict[str, Any]) -> bool:
     )
 
 
+def catalogue_code(resource: dict[str, Any]) -> str:
+    """The package code of a PlanDefinition or its ChargeItemDefinition."""
+    return _code_of(resource)
+
+
 def _code_of(resource: dict[str, Any]) -> str:
     return next(
         (
@@ -521,6 +527,8 @@ async def ensure_catalogue(engine: FhirEngine, conn: AsyncConnection) -> list[st
     catalogue packages (``PlanDefinition/<id>``), in catalogue order. Idempotent; runs in
     the caller's transaction."""
     data = catalogue()
+    # Two processes seeding a new database at once publish each package once.
+    await advisory_lock(conn, "contracting:catalogue", is_postgres=engine.db.is_postgres)
     refs = []
     for entry in data["package"]:
         existing = await by_code(engine, conn, entry["code"])
@@ -538,6 +546,22 @@ async def ensure_catalogue(engine: FhirEngine, conn: AsyncConnection) -> list[st
             )
         refs.append(existing.ref)
     return refs
+
+
+async def seed_if_empty(engine: FhirEngine) -> None:
+    """Publish the default catalogue when the database has no package at all (a new
+    database: the first look at the packages seeds it). Retired packages count as
+    packages, so a catalogue administrators emptied stays empty."""
+    async with engine.db.read() as conn:
+        found = await search(
+            engine,
+            conn,
+            "PlanDefinition",
+            [("type", f"{PLAN_TYPE_SYSTEM}|{PLAN_TYPE}"), ("_elements", "id")],
+        )
+    if not found:
+        async with engine.db.write() as conn:
+            await ensure_catalogue(engine, conn)
 
 
 # -- choosing and buying ---------------------------------------------------------------

@@ -139,6 +139,7 @@ def build_router() -> APIRouter:
         if retired:
             publisher(principal)
         engine = engine_of(request)
+        await packages.seed_if_empty(engine)
         async with engine.db.read() as conn:
             found = await packages.list_packages(engine, conn, retired=retired)
         return _json({"items": [p.json() for p in found]})
