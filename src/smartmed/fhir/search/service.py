@@ -26,7 +26,7 @@ from smartmed.fhir.hooks import current_access, note_touched
 from smartmed.fhir.repository import EngineServices
 from smartmed.fhir.search.has import has_condition
 from smartmed.fhir.search.include import Found, resolve_includes
-from smartmed.fhir.search.query import SearchError, SearchRequest, parse_search
+from smartmed.fhir.search.query import ParsedParam, SearchError, SearchRequest, parse_search
 from smartmed.fhir.search.sql import SUPPORTED_KINDS, param_condition
 from smartmed.fhir.search.summary import SUBSET_MODES, only_elements, summarize
 from smartmed.fhir.storage.tables import INDEX_TABLES, resource
@@ -61,6 +61,30 @@ def parse(
         raise Invalid(str(exc), expression=exc.expression) from None
 
 
+# Conditions of the parameters most searches repeat (a code, a category, a status), kept:
+# SQL expressions are immutable and building one costs more than running the query.
+# Chains are never kept (they follow the caller's access policy), nor ``ap`` (relative to
+# now) or values that cannot be a key.
+_KEPT_CONDITIONS: dict[tuple[str, ParsedParam, bool], ColumnElement[bool]] = {}
+_KEPT_MAX = 4096
+
+
+def _param_condition(type_: str, parsed: ParsedParam, is_postgres: bool) -> ColumnElement[bool]:
+    if parsed.chain or any(t.prefix == "ap" for t in parsed.values):  # 'ap' depends on now
+        return param_condition(resource, type_, parsed, is_postgres=is_postgres)
+    key = (type_, parsed, is_postgres)
+    try:
+        found = _KEPT_CONDITIONS.get(key)
+    except TypeError:  # an unhashable value (e.g. a value set's expansion)
+        return param_condition(resource, type_, parsed, is_postgres=is_postgres)
+    if found is None:
+        found = param_condition(resource, type_, parsed, is_postgres=is_postgres)
+        if len(_KEPT_CONDITIONS) >= _KEPT_MAX:
+            _KEPT_CONDITIONS.pop(next(iter(_KEPT_CONDITIONS)))
+        _KEPT_CONDITIONS[key] = found
+    return found
+
+
 def _conditions(
     services: EngineServices,
     type_: str,
@@ -75,7 +99,7 @@ def _conditions(
         type_column = res.c.type.op("||")("")
     conds: list[Any] = [type_column == type_, res.c.deleted.is_(False)]
     for parsed in request.params:
-        conds.append(param_condition(res, type_, parsed, is_postgres=services.is_postgres))
+        conds.append(_param_condition(type_, parsed, services.is_postgres))
     for has in request.has:
         conds.append(has_condition(res, type_, has, is_postgres=services.is_postgres))
     return [*conds, *restrict]
