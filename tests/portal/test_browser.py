@@ -357,8 +357,8 @@ def test_administrator_creates_a_team_an_account_and_imports_staff(
 @pytest.mark.parametrize(
     ("username", "heading", "nav"),
     [
-        ("browser-resident", "您好，", ["我的信息"]),
-        ("browser-nurse", "您好，browser-nurse", ["通讯录"]),
+        ("browser-resident", "您好，", ["我的信息", "访问记录", "家庭医生签约"]),
+        ("browser-nurse", "您好，browser-nurse", ["家庭医生签约", "工作台", "团队报表", "通讯录"]),
         ("browser-admin", "您好，browser-admin", ["通讯录", "机构", "科室", "人员"]),
     ],
 )

@@ -155,13 +155,15 @@ async def test_navigation_and_pages_follow_the_role(portal_app: FastAPI) -> None
     admin = await make_user(portal_app, (Role.INSTITUTION_ADMIN, "Organization/x"))
     platform = await make_user(portal_app, (Role.PLATFORM_ADMIN, None))
     auditor = await make_user(portal_app, (Role.AUDIT_ADMIN, None))
+    # Contracting (issue 8): residents' contract and packages; team members' contracting
+    # queue, workbench and team reports; administrators' packages and contract analytics.
     expected = {
-        resident: {"me", "access"},
-        nurse: {"directory"},
+        resident: {"me", "access", "contract", "package"},
+        nurse: {"contracting", "workbench", "team-reports", "directory"},
         admin: {"directory", "organizations", "departments", "practitioners", "teams"}
-        | {"import", "accounts"},
+        | {"import", "accounts", "packages", "contract-analytics"},
         platform: {"directory", "organizations", "departments", "practitioners", "teams"}
-        | {"import", "accounts", "rights"},
+        | {"import", "accounts", "rights", "packages"},
         auditor: {"directory", "audit"},
     }
     for user, keys in expected.items():
