@@ -245,8 +245,11 @@ def new_contract(
     if method not in METHODS:
         raise refuse(Invalid, "bad-method", f"unknown signing method {method!r}")
     team_ref = f"CareTeam/{team['id']}"
+    team_value: dict[str, Any] = {"reference": team_ref}
+    if team.get("name"):  # a team without a name is still a team
+        team_value["display"] = team["name"]
     ext: list[dict[str, Any]] = [
-        {"url": TEAM_EXT, "valueReference": {"reference": team_ref, "display": team.get("name")}},
+        {"url": TEAM_EXT, "valueReference": team_value},
         {"url": METHOD_EXT, "valueCode": method},
     ]
     if package:
