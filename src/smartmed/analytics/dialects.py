@@ -171,9 +171,15 @@ class Dialect(ABC):
         """A decimal text as an exact decimal (boundaries are exact arithmetic)."""
         return f"CAST({text} AS DECIMAL(38, 18))"
 
-    def hoist(self, source: str, keys: list[str], alias: str) -> str:
-        """``source`` with its top-level JSON ``keys`` extracted once (dialects with lists)."""
+    def hoist(self, source: str, keys: list[str], alias: str, whole: bool) -> str:
+        """``source`` with its top-level JSON ``keys`` extracted once (dialects with lists),
+        and the ``content`` column itself when ``whole``."""
         raise NotImplementedError
+
+    def unnest(self, coll: Coll, alias: str) -> str | None:
+        """A lateral FROM item over the collection's elements, columns ``v`` and ``i``
+        (1-based), when the dialect has one without a subquery."""
+        return None
 
     def list_of(self, json: str, path: str) -> str:
         """The values a wildcard JSON path reaches (dialects with lists)."""
@@ -211,11 +217,17 @@ class DuckDB(Dialect):
 
     name = sqlglot = "duckdb"
     lists = True
+    flat_unions = True  # cheaper than a lateral UNION ALL (no duplicate-eliminated join)
 
-    def hoist(self, source: str, keys: list[str], alias: str) -> str:
-        """``source`` with its top-level ``keys`` parsed once into the list ``alias``."""
+    def hoist(self, source: str, keys: list[str], alias: str, whole: bool) -> str:
         paths = ", ".join(self.literal(self.json_path([k])) for k in keys)
-        return f"(SELECT content, json_extract(content, [{paths}]) AS {alias} FROM {source} AS s)"
+        content = "content, " if whole else ""
+        return f"(SELECT {content}json_extract(content, [{paths}]) AS {alias} FROM {source} AS s)"
+
+    def unnest(self, coll: Coll, alias: str) -> str | None:
+        if coll.lst is None or coll.single:
+            return None
+        return f"unnest({coll.lst}) WITH ORDINALITY AS {alias}(v, i)"
 
     def list_of(self, json: str, path: str) -> str:
         """The values a wildcard JSON path reaches, in document order."""

@@ -43,6 +43,7 @@ class _Level:
     cols: list[tuple[OutputColumn, str] | _Union] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
     where: list[str] = field(default_factory=list)
+    per_resource: set[int] = field(default_factory=set)  # cols on the resource row alone
 
     def expand(self) -> list[tuple[list[tuple[OutputColumn, str]], list[str], list[str]]]:
         """Each combination of unionAll branches as (columns, joins, filters) of one flat
@@ -113,6 +114,8 @@ class _ViewCompiler:
         except Unsupported as exc:
             raise Invalid(str(exc), expression=sel.where) from None
         for col in sel.columns:
+            if not level.joins and focus.one == ROOT:
+                level.per_resource.add(len(level.cols))
             level.cols.append(self.column(col, focus, row_index))
         for child in sel.selects:
             self.select(child, focus, row_index, level)
@@ -141,13 +144,17 @@ class _ViewCompiler:
         if coll.single and not sel.or_null:
             # forEach over a singleton (``where(value.exists())``): at most this row, so a
             # filter on it; the focus stays the singleton (fields still parsed once).
-            level.where.append(" AND ".join([f"{coll.value} IS NOT NULL", *coll.conds]))
+            present = [] if coll.value == ROOT else [f"{coll.value} IS NOT NULL"]
+            level.where.append(" AND ".join([*present, *coll.conds]) or "TRUE")
             item = v if v.many is None else Val(v.type, one=coll.value, native=coll.native)
             return item, "0"
         a = self.c.alias()
         if sel.or_null:
             level.joins.append(f" LEFT JOIN LATERAL {self.d.with_index(coll)} AS {a} ON TRUE")
             index = f"COALESCE({a}.i, 0)"
+        elif (each := self.d.unnest(coll, a)) is not None:  # a table function, no subquery
+            level.joins.append(f" CROSS JOIN LATERAL {each}")
+            index = f"({a}.i - 1)"
         else:
             level.joins.append(f" CROSS JOIN LATERAL {self.d.with_index(coll)} AS {a}")
             index = f"{a}.i"
@@ -233,8 +240,23 @@ class _ViewCompiler:
         for sel in self.view.select:
             self.select(sel, focus, "0", level)
         if self.c.hoisted:
-            source = self.d.hoist(source, list(self.c.hoisted), HOISTED)
-        sql = self.render(level, f"{source} AS r", conds)
+            # the whole resource is carried along only when something still reads it
+            whole = ROOT in self.render(level, "t AS r", conds)
+            source = self.d.hoist(source, list(self.c.hoisted), HOISTED, whole)
+        if self.d.flat_unions and self.d.lists and len(level.expand()) > 1:
+            # several flat queries over the same rows: the resources parsed once, and the
+            # columns of the resource alone computed once per resource, not once per row
+            once = []
+            for i in sorted(level.per_resource):
+                out, col_sql = level.cols[i]  # type: ignore[misc]
+                once.append(f"{col_sql} AS __c{i}")
+                level.cols[i] = (out, f"r.__c{i}")
+            if once:
+                source = f"(SELECT r.*, {', '.join(once)} FROM {source} AS r)"
+            sql = self.render(level, "__resources AS r", conds)
+            sql = f"WITH __resources AS MATERIALIZED {source} {sql}"
+        else:
+            sql = self.render(level, f"{source} AS r", conds)
         columns = tuple(out for out, _ in level.expand()[0][0])
         return CompiledView(sql, columns, self.view.resource)
 
