@@ -30,6 +30,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Select,
+    String,
     and_,
     bindparam,
     exists,
@@ -59,6 +60,13 @@ ACTORS_TTL = 30.0
 # The delegated action that lets a family representative see a member's records.
 VIEW_RECORDS = "view-records"
 _LETTER = {"read": "r", "search": "s", "create": "c", "update": "u", "delete": "d"}
+
+
+def _fixed(values: Iterable[str]) -> list[ColumnElement[Any]]:
+    """IN-list items as individual bound values: conditions are built once and kept, so
+    their IN lists need not be expanded again at every execution (SQLAlchemy re-renders
+    a list given as plain values on each execution)."""
+    return [literal(v, String()) for v in values]
 
 
 class AccessControl:
@@ -233,11 +241,11 @@ class Guard:
                 kind_cond.append(and_(g.kind == "delegation", g.actions.like(f"%{action}%")))
             others = kinds - {"delegation"}
             if others:
-                kind_cond.append(g.kind.in_(sorted(others)))
+                kind_cond.append(g.kind.in_(_fixed(sorted(others))))
         if kind_cond:
             parts.append(
                 select(g.patient_id).where(
-                    g.grantee.in_(sorted(self.actors)),
+                    g.grantee.in_(_fixed(sorted(self.actors))),
                     or_(*kind_cond),
                     g.resource_type.is_(None),
                     or_(g.valid_from.is_(None), g.valid_from <= now),
@@ -269,8 +277,8 @@ class Guard:
         g = access_grant.c
         now = _NOW
         return select(g.resource_type, g.resource_id, g.patient_id).where(
-            g.kind.in_(kinds),
-            g.grantee.in_(sorted(self.actors)),
+            g.kind.in_(_fixed(kinds)),
+            g.grantee.in_(_fixed(sorted(self.actors))),
             g.resource_type.is_not(None),
             or_(g.valid_to.is_(None), g.valid_to > now),
         )
@@ -319,7 +327,7 @@ class Guard:
                     exists().where(
                         ref.c.res_pk == res.c.pk,
                         ref.c.resource_type == type_,
-                        ref.c.param.in_(self.control.patient_params[type_]),
+                        ref.c.param.in_(_fixed(self.control.patient_params[type_])),
                         ref.c.target_type == "Patient",
                         ref.c.target_id.in_(patients),
                     )
@@ -372,10 +380,10 @@ class Guard:
                 restricted_roles[category] = roles
         options: list[ColumnElement[bool]] = []
         if open_types:
-            options.append(res.c.type.in_(sorted(open_types)))
+            options.append(res.c.type.in_(_fixed(sorted(open_types))))
         if open_other:
             known = self.control.categorized | self.control.clinical_types
-            options.append(res.c.type.not_in(sorted(known)))
+            options.append(res.c.type.not_in(_fixed(sorted(known))))
         all_restricted = [r for roles in restricted_roles.values() for r in roles]
         if all_restricted:
             types: set[str] = set()

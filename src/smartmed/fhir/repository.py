@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, insert, select, text, update
+from sqlalchemy import bindparam, case, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -82,6 +82,26 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+_READ = _CURRENT.where(
+    resource.c.type == bindparam("read_type"), resource.c.id == bindparam("read_id")
+)
+# The read statement under each access condition (the guard keeps one condition object
+# per caller, type and interaction): one statement object, so SQLAlchemy computes its
+# cache key and compiles it once, not on every read.
+_GUARDED: dict[int, tuple[Any, Any]] = {}
+
+
+def _guarded_read(allowed: Any) -> Any:
+    found = _GUARDED.get(id(allowed))
+    if found is not None and found[0] is allowed:
+        return found[1]
+    if len(_GUARDED) >= 10_000:
+        _GUARDED.clear()
+    stmt = _READ.add_columns(case((allowed, True), else_=False).label("allowed"))
+    _GUARDED[id(allowed)] = (allowed, stmt)
+    return stmt
+
+
 class Repository:
     """Resource interactions on one connection, inside the caller's transaction."""
 
@@ -95,15 +115,15 @@ class Repository:
         """The current version; NotFound if it never existed, Gone if deleted.
 
         Under an access policy the check is part of the same query (``allowed``)."""
-        stmt = _CURRENT.where(resource.c.type == type_, resource.c.id == id_)
+        stmt: Any = _READ
         guard = current_access.get()
         allowed: Any = None
         if guard is not None:
             await guard.ready(self.conn)
             allowed = guard.read_condition(resource, type_)
             if allowed is not None:
-                stmt = stmt.add_columns(case((allowed, True), else_=False).label("allowed"))
-        row = (await self.conn.execute(stmt)).first()
+                stmt = _guarded_read(allowed)
+        row = (await self.conn.execute(stmt, {"read_type": type_, "read_id": id_})).first()
         if row is None:
             raise NotFound(f"{type_}/{id_} is not known", expression=type_)
         if row.deleted:
