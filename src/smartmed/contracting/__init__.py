@@ -11,7 +11,17 @@ Public API for other modules::
     from smartmed.contracting import service as contracting
 
     await contracting.current_contract(engine, conn, patient="Patient/9", at=now)
-    await contracting.do_set_package(engine, conn, contract_id="…", package="PlanDefinition/…")
+
+    from smartmed.contracting import packages, services
+
+    refs = await packages.ensure_catalogue(engine, conn)  # the default service packages
+    usage = await services.usage(engine, conn, contract_id="…")  # used / remaining per item
+
+Service packages (``packages.py``: PlanDefinition priced by a ChargeItemDefinition) are
+bought through the payments module; this module's own ``@on_payment("paid")`` handler
+names a paid package on the contract (``lifecycle.do_set_package``) only once the payment
+is confirmed. Delivered services (``services.py``) are Encounters and Procedures with the
+``urn:smartmed:extension:contract-service`` extension; counts derive from them.
 
 Other modules see contracts as FHIR resources (and their events): an executed Contract
 names the team in ``urn:smartmed:extension:contract-care-team`` and the chosen service
