@@ -66,6 +66,9 @@ COLUMNS = [
     ("name.given.join(',')", False),
     ("name.where(given.exists()).family.first()", False),
     ("name.where(given.where($this = 'a').exists()).given", True),
+    ("name.first().given.first()", False),
+    ("name.given.first()", False),
+    ("name[1].given[0]", False),
     ("maritalStatus.coding.code.first()", False),
     ("maritalStatus.coding.first().code", False),
 ]

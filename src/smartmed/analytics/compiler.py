@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,6 +26,7 @@ _REF = r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-\.]{1,64})(/_history/[^/]+)?$"
 _KIND_TYPE = {BOOL: "boolean", INT: "integer", NUM: "decimal", TEXT: "string"}
 _MONTHS = {"year": 12, "years": 12, "month": 1, "months": 1}
 _DAYS = {"week": 7, "weeks": 7, "day": 1, "days": 1}
+_STEPS = re.compile(r'\."[^"]*"|\[0\]')  # the steps of a path made by Dialect.json_path
 ROOT = "r.content"  # the resource being flattened
 HOISTED = "__elements"  # DuckDB: its top-level elements, parsed once
 
@@ -120,7 +122,17 @@ class Compiler:
         """The value as a singleton (a collection's first element)."""
         if v.many is None:
             return v
-        return Val(v.type, one=self.d.first(v.many), native=v.many.native)
+        c = v.many
+        if c.jpath is not None and c.jpath[1].endswith("[*]") and c.jpath[1].count("[*]") == 1:
+            # DuckDB: the first element of one array is a plain path (``coding[0]``), and
+            # fields below it extend that path (no list is built)
+            base, path = c.jpath
+            steps = _STEPS.findall(path[1:-3])
+            keys = [k if k == "[0]" else k[2:-1] for k in steps] + ["[0]"]
+            sql = f"({base} -> {self.d.literal(self.d.json_path(keys))})"
+            self._paths[sql] = (base, keys)
+            return Val(v.type, one=sql, native=c.native)
+        return Val(v.type, one=self.d.first(c), native=c.native)
 
     def element(self, v: Val) -> Val:
         """A collection's element as a singleton focus (for where() and forEach)."""

@@ -188,7 +188,7 @@ class Dialect(ABC):
     @staticmethod
     def json_path(keys: list[str]) -> str:
         """A JSON path of object keys and ``[*]`` (array elements) steps."""
-        return "$" + "".join(k if k == "[*]" else f'."{k}"' for k in keys)
+        return "$" + "".join(k if k.startswith("[") else f'."{k}"' for k in keys)
 
     def int_array(self, items: list[str]) -> str:
         """An array of integers (repeat paths)."""
