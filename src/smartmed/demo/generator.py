@@ -35,6 +35,9 @@ Access (docs/access.md): family-doctor Contracts name the township's team; in a 
 with an adult member besides the head who has a phone, that member is the family
 representative, and every other member signs a family-delegation Consent naming their
 RelatedPerson, so the representative can act for the household.
+
+Contracting programme (``demo.contracting``): the service-package catalogue in the first
+Bundle; packages, purchases, delivered services, renewals, transfers and terminations.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from smartmed.demo.codes import (
     staff_ref,
 )
 from smartmed.demo.codes import concept as _concept
+from smartmed.demo.contracting import Programme, catalogue_entries
 from smartmed.demo.population import (
     ADULT_AGE,
     Household,
@@ -269,6 +273,8 @@ class _Generator:
         self.clin_rng = random.Random(master.getrandbits(64))
         self._uuid_rng = random.Random(master.getrandbits(64))
         self.contract_rng = random.Random(master.getrandbits(64))
+        # Packages, renewals, services (demo.contracting), after the streams above.
+        self.programme = Programme(self, random.Random(master.getrandbits(64)))
         self.as_of = as_of
         self.county = county
         self.townships: list[Township] = []
@@ -529,6 +535,7 @@ class _Generator:
             entries += self._staff_entries(member, org_urls[member.org])
         for township in self.townships:
             entries.append(self._care_team(township, org_urls[township.code]))
+        entries += catalogue_entries(self.full_url)  # the service packages contracts name
         return _bundle(entries)
 
     def _staff_entries(self, staff: Staff, org_url: str) -> list[Resource]:
@@ -683,13 +690,12 @@ class _Generator:
                 related.append(self.entry(relation, related_url))
             patients.append(self.entry(patient, urls[i]))
         clinical: list[Resource] = []
+        contracts: list[Resource] = []  # with purchases and extra delivered services
         for person, url in zip(members, urls, strict=True):
-            clinical += Clinical(self, person, url, village, gp).entries()
-        contracts = [
-            self._contract(person, url, township, gp)
-            for person, url in zip(members, urls, strict=True)
-            if self.contract_rng.random() < _signing_rate(person)
-        ]
+            records = Clinical(self, person, url, village, gp).entries()
+            clinical += records
+            signed = self.contract_rng.random() < _signing_rate(person)
+            contracts += self.programme.resident(person, url, township, gp, records, signed=signed)
         # The family representative: the first adult member after the head who has a
         # phone (so a RelatedPerson with telecom); every other member delegates to them.
         representative = next(
