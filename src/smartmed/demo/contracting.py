@@ -431,6 +431,7 @@ class Programme:
                     "start": timestamp(day, minutes),
                     "end": timestamp(day, minutes + 40),
                 },
+                "serviceProvider": org_ref(gp.org, self.gen.department_names.get(gp.org)),
             }
         record = entry(resource, self.gen.full_url())
         _mark(record, term.entry["fullUrl"], item)
