@@ -141,6 +141,15 @@ def _started(contract: dict[str, Any]) -> date | None:
     return _day(contract.get("issued")) or _day((contract.get("applies") or {}).get("start"))
 
 
+def record_day(record: dict[str, Any]) -> date | None:
+    """The day of a delivered-service record: Encounter.period.start, Procedure.performed."""
+    if record.get("resourceType") == "Encounter":
+        return _day((record.get("period") or {}).get("start"))
+    return _day(record.get("performedDateTime")) or _day(
+        (record.get("performedPeriod") or {}).get("start")
+    )
+
+
 async def figures(
     engine: FhirEngine, conn: AsyncConnection, *, team: str, period: Period
 ) -> dict[str, Any]:
@@ -170,24 +179,20 @@ async def figures(
     patients = sorted({service.patient_of(c) or "" for c in contracts} - {""})
     services: Counter[str] = Counter()
     for chunk in teamwork._chunks(patients):  # noqa: SLF001 - same package
-        for kind, date_param in (("Encounter", "date"), ("Procedure", "date")):
-            params = [
-                ("subject", ",".join(chunk)),
-                (date_param, f"ge{a.isoformat()}"),
-                (date_param, f"lt{b.isoformat()}"),
-                ("_sort", "_id"),
-            ]
+        # By subject only, the dates compared here: on PostgreSQL the search engine plans
+        # subject + date range on Encounter very slowly (37 s for 50 residents of a
+        # 3,000-resident demo county, against 0.01 s by subject alone).
+        for kind in ("Encounter", "Procedure"):
+            params = [("subject", ",".join(chunk)), ("_sort", "_id")]
             async for record in service.search_every(engine, conn, kind, params):
                 contract, item = teamwork.service_item(record)
+                day = record_day(record)
                 if (
                     contract in refs
                     and item
-                    and record.get("status")
-                    not in (
-                        "entered-in-error",
-                        "cancelled",
-                        "not-done",
-                    )
+                    and day is not None
+                    and a <= day < b
+                    and record.get("status") not in ("entered-in-error", "cancelled", "not-done")
                 ):
                     services[item] += 1
     # Follow-ups of the residents under contract at the end of the period.
