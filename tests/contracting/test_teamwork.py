@@ -547,3 +547,40 @@ async def test_api_workbench_assign_and_access(
     assert r.json()["items"] == []
     # Put it back for the other tests of this module.
     await assign(auth_app, ids["a1"], "gp1", day=None)
+
+
+async def test_a_renewal_keeps_the_member_responsible(
+    auth_app: FastAPI, work_county: tuple[dict[str, str], dict[str, httpx.AsyncClient]]
+) -> None:
+    ids, _clients = work_county
+    engine = engine_of(auth_app)
+    # a2 (hm1's since 11-15) renews in April 2027: the new contract, from 2027-06-01,
+    # carries no assignment of its own; the workbench keeps hm1 responsible.
+    async with engine.db.write() as conn:
+        renewed = await lifecycle.do_renew(
+            engine, conn, contract_id=ids["a2"], actor="Practitioner/lead1", now=at("2027-04-01")
+        )
+    assert teamwork.assignments(renewed) == []
+    later = datetime(2027, 6, 15, 3, 0, tzinfo=UTC)
+    async with engine.db.read() as conn:
+        mine = await teamwork.workbench(
+            engine,
+            conn,
+            team="CareTeam/teamA",
+            practitioner="Practitioner/hm1",
+            filters=teamwork.Filters(),
+            at=later,
+        )
+        unassigned = await teamwork.workbench(
+            engine,
+            conn,
+            team="CareTeam/teamA",
+            practitioner="Practitioner/lead1",
+            filters=teamwork.Filters(scope="unassigned"),
+            at=later,
+        )
+    assert [(r["patient"], r["contract"], r["assignee"]) for r in mine.rows] == [
+        ("Patient/a2", f"Contract/{renewed['id']}", "Practitioner/hm1"),
+        ("Patient/b2", f"Contract/{ids['b2']}", "Practitioner/hm1"),  # assigned on 11-14
+    ]
+    assert "Patient/a2" not in [r["patient"] for r in unassigned.rows]

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from smartmed.contracting import populations, service
 from smartmed.contracting.contracts import TEAM_ROLE_SYSTEM, instant, refuse
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import Forbidden, Invalid
+from smartmed.fhir.errors import FhirError, Forbidden, Invalid
 
 ASSIGNMENT_EXT = "urn:smartmed:extension:contract-assignment"
 ASSIGNEE_TAG = "urn:smartmed:contract-assignee"
@@ -355,6 +355,36 @@ class Workbench:
         return max(1, -(-self.total // self.filters.size))
 
 
+def _assignee(contract: dict[str, Any], inherited: dict[str, str]) -> str | None:
+    return assignee_of(contract) or inherited.get(str(contract.get("id")))
+
+
+async def renewed_assignees(
+    engine: FhirEngine,
+    conn: AsyncConnection,
+    contracts: Sequence[dict[str, Any]],
+    *,
+    members: set[str],
+) -> dict[str, str]:
+    """For renewals nobody was assigned to yet: the member responsible at the end of the
+    contract renewed (if still in the team), by contract id. ``lifecycle.do_renew`` does
+    not copy the assignment, so the workbench carries it over when reading."""
+    out: dict[str, str] = {}
+    for contract in contracts:
+        previous = service.replaces_of(contract)
+        if assignee_of(contract) or previous is None or previous[1] != "renewal":
+            continue
+        try:
+            old = await service.read(engine, conn, previous[0], ("Contract",))
+        except FhirError:
+            continue
+        history = assignments(old)
+        member = history[-1]["member"] if history else None
+        if member in members:
+            out[str(contract["id"])] = str(member)
+    return out
+
+
 async def resident_rows(
     engine: FhirEngine,
     conn: AsyncConnection,
@@ -362,6 +392,7 @@ async def resident_rows(
     *,
     at: datetime,
     names: dict[str, str] | None = None,
+    inherited: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per contract: resident, key populations, assignee, follow-ups, due date."""
     patients = sorted({service.patient_of(c) or "" for c in contracts} - {""})
@@ -384,7 +415,7 @@ async def resident_rows(
         body = people.get(ref, {})
         groups = populations.key_populations(body, conditions.get(ref, []), on=today)
         due_on = next_due(groups, days.get(ref, []))
-        assignee = assignee_of(contract)
+        assignee = _assignee(contract, inherited or {})
         rows.append(
             {
                 "patient": ref,
@@ -422,12 +453,13 @@ async def workbench(
     if filters.scope != "mine" and not me.leader:
         raise refuse(Forbidden, "not-team-leader", "only the team leader sees the whole team")
     contracts = await service.contracted_with_team(engine, conn, team=team, at=at)
-    if filters.scope == "mine":
-        contracts = [c for c in contracts if assignee_of(c) == practitioner]
-    elif filters.scope == "unassigned":
-        contracts = [c for c in contracts if assignee_of(c) is None]
     names = {m.practitioner: m.name for m in team_members}
-    rows = await resident_rows(engine, conn, contracts, at=at, names=names)
+    inherited = await renewed_assignees(engine, conn, contracts, members=set(names))
+    if filters.scope == "mine":
+        contracts = [c for c in contracts if _assignee(c, inherited) == practitioner]
+    elif filters.scope == "unassigned":
+        contracts = [c for c in contracts if _assignee(c, inherited) is None]
+    rows = await resident_rows(engine, conn, contracts, at=at, names=names, inherited=inherited)
     due = sum(1 for r in rows if r["due"])
     needle = filters.query.strip().casefold()
     matching = [
