@@ -270,3 +270,24 @@ def test_the_programme_is_deterministic() -> None:
     assert contracting(5) == contracting(5)
     assert contracting(5) != contracting(6)
     assert PACKAGE_SYSTEM  # the catalogue's identifier system names the packages
+
+
+async def test_contract_analytics_show_a_living_programme(county: Loaded) -> None:
+    """The administrators' analytics over the loaded demo: renewals, transfers and
+    terminations in the last year, and fulfilment equal to a count of the records."""
+    from smartmed.contracting import analytics
+
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    found = await analytics.compute(county.engine, at=at)
+    changes, fulfilment = found["changes"], found["fulfilment"]
+    assert changes["renewals"] > 0 and changes["transfers"] > 0 and changes["terminations"] > 0
+    assert set(changes["terminationReasons"]) <= set(TERMINATION_REASONS) | {"transfer"}
+    in_force = {
+        f"Contract/{c['id']}"
+        for c in county.of("Contract")
+        if c["status"] == "executed" and bounds(c)[0] <= at < bounds(c)[1]
+    }
+    served = {ref for _, ref, _ in _links(county) if ref in in_force}
+    assert fulfilment["active"] == len(in_force) == fulfilment["withPackage"]
+    assert fulfilment["served"] == len(served)
+    assert 0 < fulfilment["neverServed"] < fulfilment["active"]
