@@ -23,7 +23,12 @@ from smartmed.contracting.contracts import (
     replaces_of,
     status_reason,
 )
-from smartmed.contracting.packages import ITEM_SYSTEM, PACKAGE_SYSTEM, priced_plan
+from smartmed.contracting.packages import (
+    ITEM_SYSTEM,
+    PACKAGE_SYSTEM,
+    ensure_catalogue,
+    priced_plan,
+)
 from smartmed.contracting.service import search_every
 from smartmed.demo.contracting import DEMO_ORDER_SYSTEM
 from smartmed.demo.generator import generate_county
@@ -109,7 +114,7 @@ def _links(loaded: Loaded) -> list[tuple[dict[str, Any], str, str]]:
     return out
 
 
-def test_every_contract_names_a_catalogue_package(county: Loaded) -> None:
+async def test_every_contract_names_a_catalogue_package(county: Loaded) -> None:
     contracts = county.of("Contract")
     assert len(contracts) > RESIDENTS * 0.3
     codes: Counter[str] = Counter()
@@ -126,6 +131,10 @@ def test_every_contract_names_a_catalogue_package(county: Loaded) -> None:
     assert len(plans) == len(county.of("PlanDefinition")) and "basic" in plans
     priced = {priced_plan(d) for d in county.of("ChargeItemDefinition")}
     assert {f"PlanDefinition/{p['id']}" for p in county.of("PlanDefinition")} == priced
+    # Contracting's seeding finds the demo's catalogue: nothing published twice.
+    async with county.engine.db.write() as conn:
+        refs = await ensure_catalogue(county.engine, conn)
+    assert set(refs) == {f"PlanDefinition/{p['id']}" for p in county.of("PlanDefinition")}
 
 
 def test_paid_packages_have_a_balanced_invoice(county: Loaded) -> None:
