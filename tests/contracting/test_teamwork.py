@@ -555,12 +555,13 @@ async def test_a_renewal_keeps_the_member_responsible(
     ids, _clients = work_county
     engine = engine_of(auth_app)
     # a2 (hm1's since 11-15) renews in April 2027: the new contract, from 2027-06-01,
-    # carries no assignment of its own; the workbench keeps hm1 responsible.
+    # carries hm1's assignment over (and its tag, so hm1's _tag search finds it).
     async with engine.db.write() as conn:
         renewed = await lifecycle.do_renew(
             engine, conn, contract_id=ids["a2"], actor="Practitioner/lead1", now=at("2027-04-01")
         )
-    assert teamwork.assignments(renewed) == []
+    assert teamwork.assignee_of(renewed) == "Practitioner/hm1"
+    assert {"system": teamwork.ASSIGNEE_TAG, "code": "Practitioner/hm1"} in renewed["meta"]["tag"]
     later = datetime(2027, 6, 15, 3, 0, tzinfo=UTC)
     async with engine.db.read() as conn:
         mine = await teamwork.workbench(

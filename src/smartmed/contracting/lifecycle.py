@@ -123,6 +123,13 @@ async def do_renew(
         at=at,
         start=start,
     )
+    # The member responsible for the resident stays responsible for the renewed year
+    # (the workbench's _tag search finds them at once).
+    from smartmed.contracting.teamwork import assign, assignee_of
+
+    responsible = assignee_of(contract)
+    if responsible is not None:
+        assign(renewed, member=responsible, by=actor, at=at)
     low, high = bounds(renewed)
     clash = overlapping(existing, low, high)
     if clash is not None:

@@ -34,6 +34,7 @@ BUILTIN_JOB_MODULES = (
     "smartmed.payments.tasks",
     "smartmed.payments.sandbox.tasks",
     "smartmed.contracting.tasks",
+    "smartmed.contracting.reports",
 )
 
 
