@@ -12,12 +12,17 @@ through the FHIR API.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
+from html import unescape
 from typing import Any
 
 import pytest
+import segno
 import uvicorn
 from playwright.sync_api import expect
 from pydantic import SecretStr
@@ -41,6 +46,7 @@ from tests.contracting.test_browser import (
     _free_port,
     chromium,
     contracts,
+    log_in,
     shot,
     sign_in,
 )
@@ -89,6 +95,7 @@ async def _prepare(url: str) -> dict[str, str | None]:
             ("browser-doctor", Role.FAMILY_DOCTOR, "Practitioner/doc1"),
             ("browser-p1", Role.RESIDENT, "Patient/p1"),
             ("browser-p2", Role.RESIDENT, "Patient/p2"),
+            ("browser-p3", Role.RESIDENT, "Patient/p3"),
             ("browser-son4", Role.FAMILY_REPRESENTATIVE, "RelatedPerson/son4"),
         ):
             staff = role not in (Role.RESIDENT, Role.FAMILY_REPRESENTATIVE)
@@ -200,3 +207,112 @@ def test_family_representative_signs_for_a_parent(live: Live, chromium: Any) -> 
     phone_watch.check()
     doctor_ctx.close()
     phone_ctx.close()
+
+
+def _sign_in_person(page: Any, live: Live, patient_id: str, name: str) -> None:
+    """On the doctor's team page: the resident types their name and ticks the box."""
+    page.goto(live.base + "/contracting/team")
+    form = page.get_by_role("form", name="Sign a resident in person")
+    form.get_by_label("Resident's record number (Patient id)").fill(patient_id)
+    form.get_by_label(SIGNATURE_EN).fill(name)
+    form.get_by_label(AGREE_EN, exact=False).check()
+    form.get_by_role("button", name="Sign the contract").click()
+
+
+def test_doctor_signs_a_resident_present_in_person(live: Live, chromium: Any) -> None:
+    doctor_ctx, doctor, doctor_watch = _doctor(chromium, live)
+    doctor.goto(live.base + "/contracting/team")
+    form = doctor.get_by_role("form", name="Sign a resident in person")
+    expect(form).to_be_visible()
+    # The browser will not submit without the typed name and the ticked box.
+    form.get_by_label("Resident's record number (Patient id)").fill("p1")
+    form.get_by_role("button", name="Sign the contract").click()
+    assert doctor.url == live.base + "/contracting/team"
+    assert contracts(live, "Patient/p1") == []
+    form.get_by_label(SIGNATURE_EN).fill("王 p1")
+    assert form.get_by_label(SIGNATURE_EN).evaluate("e => e.form.checkValidity()") is False
+    shot(doctor, "in-person-form")
+
+    _sign_in_person(doctor, live, "p1", "王 p1")
+    expect(doctor.get_by_test_id("done")).to_have_text("The contract was signed.")
+    row = doctor.locator('[data-testid=resident][data-patient="Patient/p1"]')
+    expect(row).to_have_count(1)
+    expect(doctor.get_by_test_id("application")).to_have_count(0)  # no review step
+    shot(doctor, "team-after-in-person")
+    (contract,) = contracts(live, "Patient/p1")
+    assert contract["status"] == "executed"
+    assert _method(contract) == "in-person"
+    assert [s["type"]["code"] for s in contract["signer"]] == ["PAT", "HPROV"]
+    (signature,) = contract["signer"][0]["signature"]
+    captured = json.loads(base64.b64decode(signature["data"]))
+    assert captured["typedName"] == "王 p1"
+    assert captured["capturedBy"] == "Practitioner/doc1"  # the doctor's device
+
+    # A second in-person signing of the same resident is refused with a clear message.
+    _sign_in_person(doctor, live, "p1", "王 p1")
+    expect(doctor.get_by_test_id("contracting-error")).to_have_text(
+        "There is already a contract with this team."
+    )
+    assert len(contracts(live, "Patient/p1")) == 1
+
+    # The resident sees the contract on the phone.
+    phone_ctx, phone, phone_watch = _phone(chromium, live, "browser-p1")
+    phone.goto(live.base + "/contracting")
+    expect(phone.get_by_test_id("current-contract")).to_contain_text("已签约")
+    expect(phone.get_by_test_id("current-contract")).to_contain_text("第一团队")
+    shot(phone, "in-person-contract-phone")
+    doctor_watch.check()
+    phone_watch.check()
+    doctor_ctx.close()
+    phone_ctx.close()
+
+
+def test_share_link_from_one_resident_to_another(live: Live, chromium: Any) -> None:
+    doctor_ctx, doctor, doctor_watch = _doctor(chromium, live)
+    _sign_in_person(doctor, live, "p3", "王 p3")
+    expect(doctor.get_by_test_id("done")).to_have_text("The contract was signed.")
+
+    a_ctx, a, a_watch = _phone(chromium, live, "browser-p3")
+    a.goto(live.base + "/contracting")
+    share = a.get_by_test_id("share")
+    expect(share).to_be_visible()
+    link = share.get_by_role("textbox", name="分享链接").input_value()
+    assert link.startswith(live.base + "/contracting/apply?t=")
+    # The QR code is the share link.
+    svg = share.get_by_role("img", name="分享链接的二维码").inner_html()
+    expected = segno.make(unescape(link), error="m").svg_inline(scale=4, title="QR")
+    drawn = re.findall(r'\bd="([^"]+)"', svg)
+    assert drawn and drawn == re.findall(r'\bd="([^"]+)"', expected)
+    assert a.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    shot(a, "share-link-phone")
+
+    # Resident B opens it on another phone: the login comes first, then the application.
+    b_ctx = chromium.new_context(locale="zh-CN", **PHONE)
+    b = b_ctx.new_page()
+    b_watch = Watch(b, live.base)
+    b.goto(link)
+    log_in(b, live, "browser-p2")
+    b.get_by_role("heading", name="申请家庭医生签约").wait_for()
+    expect(b.get_by_test_id("team-name")).to_have_text("第一团队")
+    expect(b.get_by_role("radio", name="本人")).to_be_checked()
+    shot(b, "apply-by-share-link-phone")
+    b.get_by_label(SIGNATURE_ZH).fill("王 p2")
+    b.get_by_label(AGREE_ZH, exact=False).check()
+    b.get_by_role("button", name="提交签约申请").click()
+    expect(b.get_by_test_id("done")).to_have_text("您的申请已提交给团队。")
+    (pending,) = contracts(live, "Patient/p2")
+    assert pending["status"] == "offered"
+    assert _method(pending) == "share-link"
+
+    _accept(doctor, live, "Patient/p2", "Shared link")
+    b.goto(live.base + "/contracting")
+    expect(b.get_by_test_id("current-contract")).to_contain_text("已签约")
+    shot(b, "share-link-contract-phone")
+    (contract,) = contracts(live, "Patient/p2")
+    assert contract["status"] == "executed"
+    assert _method(contract) == "share-link"
+    assert [s["type"]["code"] for s in contract["signer"]] == ["PAT", "HPROV"]
+    for watch in (doctor_watch, a_watch, b_watch):
+        watch.check()
+    for ctx in (doctor_ctx, a_ctx, b_ctx):
+        ctx.close()
