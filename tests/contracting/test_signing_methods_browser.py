@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 
 from smartmed.app import create_app
 from smartmed.config import Settings
+from smartmed.contracting import packages
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.storage.migrate import migrate
 from smartmed.identity.accounts import Accounts
@@ -43,7 +45,6 @@ from tests.contracting.test_browser import (
     SECRET,
     Live,
     Watch,
-    _free_port,
     chromium,
     contracts,
     log_in,
@@ -80,8 +81,7 @@ EXTRA: list[dict[str, Any]] = [
 ]
 
 
-async def _prepare(url: str) -> dict[str, str | None]:
-    settings = Settings(database_url=url, secret_key=SecretStr(SECRET))
+async def _prepare(settings: Settings) -> dict[str, str | None]:
     engine = FhirEngine.build(settings)
     try:
         await migrate(engine.db)
@@ -89,6 +89,7 @@ async def _prepare(url: str) -> dict[str, str | None]:
             repo = engine.repository(conn)
             for body in [*SEED, *EXTRA]:
                 await repo.update(body["resourceType"], body["id"], body)
+            await packages.ensure_catalogue(engine, conn)
         accounts = Accounts(engine.db, Box(SECRET.encode()))
         secrets: dict[str, str | None] = {}
         for name, role, link in (
@@ -114,24 +115,69 @@ async def _prepare(url: str) -> dict[str, str | None]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """The server with the package catalogue and the sandbox payment provider on its own
+    socket (as tests/contracting/test_packages_browser.py), so packages can be paid."""
     need(CHROMIUM.is_file(), "Debian's chromium is not installed (scripts/setup --dev)")
     need((ROOT / "node_modules" / "htmx.org").is_dir(), "run `npm ci` first")
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('signing-browser')}/smartmed.db"
-    secrets = asyncio.run(_prepare(url))
-    settings = Settings(database_url=url, secret_key=SecretStr(SECRET), auth_rate_per_minute=6000)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://localhost:{sock.getsockname()[1]}"
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('signing-browser')}/smartmed.db",
+        secret_key=SecretStr(SECRET),
+        issuer=base,
+        base_url=f"{base}/fhir/R4",
+        auth_rate_per_minute=6000,
+        jobs_poll_seconds=0.1,
+        payments_sandbox_url=base,
+        payments_signing_secret=SecretStr("signing-browser-shared-secret-0123456789"),
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    secrets = asyncio.run(_prepare(settings))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), lifespan="on", log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.1)
-    yield Live(f"http://localhost:{port}", secrets)
+    yield Live(base, secrets)
     server.should_exit = True
     thread.join(timeout=30)
+    sock.close()
+
+
+def _buy_package(page: Any, live: Live, name: str) -> None:
+    """On the resident's phone: buy the paid hypertension package for the only contract
+    shown, pay on the sandbox's checkout page, wait until the package is active."""
+    page.goto(live.base + "/contracting/packages")
+    expect(page.get_by_test_id("my-package").get_by_test_id("no-package")).to_be_visible()
+    hyper = page.locator("[data-testid=package][data-code=hypertension]")
+    expect(hyper.get_by_test_id("price")).to_have_text("¥120.00")
+    hyper.get_by_test_id("choose").click()
+    page.wait_for_url(re.compile(r".*/sandbox/pay/checkout/.*"))
+    expect(page.get_by_test_id("amount")).to_have_text("¥120.00")
+    page.get_by_test_id("pay").click()
+    page.wait_for_url(re.compile(r".*/payments/orders/.*/return.*"))
+    deadline = time.monotonic() + 30
+    while True:  # the package turns active once the paid handler ran (a job)
+        page.goto(live.base + "/contracting/packages")
+        if page.get_by_test_id("my-package").get_attribute("data-package") == "hypertension":
+            break
+        assert time.monotonic() < deadline, "the package did not become active"
+        time.sleep(0.3)
+    visits = page.get_by_test_id("usage").and_(page.locator("[data-item=home-visit]"))
+    expect(visits).to_have_attribute("data-remaining", "2")
+    shot(page, f"{name}-package-phone")
+
+
+def _package_of(contract: dict[str, Any]) -> list[str]:
+    return [
+        e["valueReference"]["reference"]
+        for e in contract.get("extension", [])
+        if e.get("valueReference", {}).get("reference", "").startswith("PlanDefinition/")
+    ]
 
 
 def _method(contract: dict[str, Any]) -> str:
@@ -261,6 +307,10 @@ def test_doctor_signs_a_resident_present_in_person(live: Live, chromium: Any) ->
     expect(phone.get_by_test_id("current-contract")).to_contain_text("已签约")
     expect(phone.get_by_test_id("current-contract")).to_contain_text("第一团队")
     shot(phone, "in-person-contract-phone")
+    _buy_package(phone, live, "in-person")
+    (contract,) = contracts(live, "Patient/p1")
+    assert contract["status"] == "executed"
+    assert len(_package_of(contract)) == 1
     doctor_watch.check()
     phone_watch.check()
     doctor_ctx.close()
@@ -312,6 +362,11 @@ def test_share_link_from_one_resident_to_another(live: Live, chromium: Any) -> N
     assert contract["status"] == "executed"
     assert _method(contract) == "share-link"
     assert [s["type"]["code"] for s in contract["signer"]] == ["PAT", "HPROV"]
+    assert _package_of(contract) == []
+    _buy_package(b, live, "share-link")
+    (contract,) = contracts(live, "Patient/p2")
+    assert contract["status"] == "executed"
+    assert len(_package_of(contract)) == 1
     for watch in (doctor_watch, a_watch, b_watch):
         watch.check()
     for ctx in (doctor_ctx, a_ctx, b_ctx):
