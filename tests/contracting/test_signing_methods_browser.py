@@ -1,12 +1,18 @@
-"""Browser tests of the remaining signing methods, each through to a contract in force:
-a family representative (a RelatedPerson holding a family-delegation Consent) signing for
-an elderly parent from the phone, a doctor signing a resident present in person, and a
-share link passed from one resident to another.
+"""Browser tests of the remaining signing methods, each through to a contract in force
+and, where the payer may pay, a paid package:
 
-Same set-up as tests/contracting/test_browser.py (Debian's Chromium driven by Playwright
-against a live uvicorn server on a temporary SQLite database; its helpers are reused).
-Screenshots go to ``test-artifacts/contracting/``. Every contract is checked afterwards
-through the FHIR API.
+- agent signing from the phone: a son (a RelatedPerson holding his mother's
+  family-delegation Consent) signs for her and the team accepts; payments take only a
+  Patient as payer, so he is told he may not pay. A daughter who is herself a resident
+  signs for her father, the team accepts, and she buys and pays his package;
+- a doctor signs a resident present in person (typed name + consent box on the doctor's
+  device), then the resident buys a package on the phone;
+- a share link passed from one resident's phone to another's, applied, accepted, paid.
+
+Same set-up as tests/contracting/test_browser.py and test_packages_browser.py (Debian's
+Chromium driven by Playwright against a live uvicorn server on a temporary SQLite
+database, the sandbox payment provider over HTTP; their helpers are reused). Screenshots
+go to ``test-artifacts/contracting/``. Every contract is checked through the FHIR API.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ EXTRA: list[dict[str, Any]] = [
         **delegation("p4", "RelatedPerson/son4", ("view-records", "sign-on-behalf")),
         "id": "consent-son4",
     },
+    # p7 (born 1945) delegated signing to his daughter p5, herself a resident.
+    {
+        "resourceType": "Patient",
+        "id": "p7",
+        "name": [{"family": "王", "given": ["p7"]}],
+        "birthDate": "1945-09-09",
+    },
+    {**delegation("p7", "Patient/p5", ("view-records", "sign-on-behalf")), "id": "consent7"},
 ]
 
 
@@ -97,6 +111,7 @@ async def _prepare(settings: Settings) -> dict[str, str | None]:
             ("browser-p1", Role.RESIDENT, "Patient/p1"),
             ("browser-p2", Role.RESIDENT, "Patient/p2"),
             ("browser-p3", Role.RESIDENT, "Patient/p3"),
+            ("browser-p5", Role.RESIDENT, "Patient/p5"),
             ("browser-son4", Role.FAMILY_REPRESENTATIVE, "RelatedPerson/son4"),
         ):
             staff = role not in (Role.RESIDENT, Role.FAMILY_REPRESENTATIVE)
@@ -148,27 +163,28 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     sock.close()
 
 
-def _buy_package(page: Any, live: Live, name: str) -> None:
-    """On the resident's phone: buy the paid hypertension package for the only contract
-    shown, pay on the sandbox's checkout page, wait until the package is active."""
+def _buy_package(
+    page: Any, live: Live, name: str, code: str = "hypertension", price: str = "¥120.00"
+) -> None:
+    """On the resident's phone: buy a paid package for the only contract shown, pay on
+    the sandbox's checkout page, wait until the package is active."""
     page.goto(live.base + "/contracting/packages")
     expect(page.get_by_test_id("my-package").get_by_test_id("no-package")).to_be_visible()
-    hyper = page.locator("[data-testid=package][data-code=hypertension]")
-    expect(hyper.get_by_test_id("price")).to_have_text("¥120.00")
-    hyper.get_by_test_id("choose").click()
+    offer = page.locator(f"[data-testid=package][data-code={code}]")
+    expect(offer.get_by_test_id("price")).to_have_text(price)
+    offer.get_by_test_id("choose").click()
     page.wait_for_url(re.compile(r".*/sandbox/pay/checkout/.*"))
-    expect(page.get_by_test_id("amount")).to_have_text("¥120.00")
+    expect(page.get_by_test_id("amount")).to_have_text(price)
     page.get_by_test_id("pay").click()
     page.wait_for_url(re.compile(r".*/payments/orders/.*/return.*"))
     deadline = time.monotonic() + 30
     while True:  # the package turns active once the paid handler ran (a job)
         page.goto(live.base + "/contracting/packages")
-        if page.get_by_test_id("my-package").get_attribute("data-package") == "hypertension":
+        if page.get_by_test_id("my-package").get_attribute("data-package") == code:
             break
         assert time.monotonic() < deadline, "the package did not become active"
         time.sleep(0.3)
-    visits = page.get_by_test_id("usage").and_(page.locator("[data-item=home-visit]"))
-    expect(visits).to_have_attribute("data-remaining", "2")
+    expect(page.get_by_test_id("usage").first).to_have_attribute("data-used", "0")
     shot(page, f"{name}-package-phone")
 
 
@@ -249,6 +265,49 @@ def test_family_representative_signs_for_a_parent(live: Live, chromium: Any) -> 
     assert _method(contract) == "agent"
     signers = {s["type"]["code"]: s["party"]["reference"] for s in contract["signer"]}
     assert "RelatedPerson/son4" in signers.values()
+    # Payments take only a Patient as payer: the son may not pay, and is told so.
+    phone.goto(live.base + "/contracting/packages")
+    phone.locator("[data-testid=package][data-code=elderly]").get_by_test_id("choose").click()
+    expect(phone.get_by_test_id("package-error")).to_have_attribute(
+        "data-reason", "payer-not-patient"
+    )
+    expect(phone.get_by_test_id("package-error")).not_to_be_empty()
+    shot(phone, "representative-cannot-pay-phone")
+    (contract,) = contracts(live, "Patient/p4")
+    assert _package_of(contract) == []
+    doctor_watch.check()
+    phone_watch.check()
+    doctor_ctx.close()
+    phone_ctx.close()
+
+
+def test_resident_signs_for_a_parent_and_pays_the_package(live: Live, chromium: Any) -> None:
+    doctor_ctx, doctor, doctor_watch = _doctor(chromium, live)
+    doctor.goto(live.base + "/contracting/card?team=CareTeam%2Fteam1")
+    link = doctor.get_by_test_id("card-link").get_attribute("href")
+    assert link
+
+    phone_ctx, phone, phone_watch = _phone(chromium, live, "browser-p5")
+    phone.goto(link)
+    # Herself or her father: she picks him.
+    expect(phone.get_by_role("radio")).to_have_count(2)
+    expect(phone.get_by_role("radio", name="本人")).to_be_checked()
+    phone.get_by_role("radio", name="p7 王（由我代签）").check()
+    phone.get_by_label(SIGNATURE_ZH).fill("王 p5")
+    phone.get_by_label(AGREE_ZH, exact=False).check()
+    shot(phone, "apply-for-a-parent-phone")
+    phone.get_by_role("button", name="提交签约申请").click()
+    expect(phone.get_by_test_id("done")).to_have_text("您的申请已提交给团队。")
+    assert contracts(live, "Patient/p5") == []
+
+    _accept(doctor, live, "Patient/p7", "Signed by a family representative")
+    _buy_package(phone, live, "representative", "elderly", "¥100.00")
+    (contract,) = contracts(live, "Patient/p7")
+    assert contract["status"] == "executed"
+    assert _method(contract) == "agent"
+    assert len(_package_of(contract)) == 1
+    signers = [s["party"]["reference"] for s in contract["signer"]]
+    assert "Patient/p5" in signers
     doctor_watch.check()
     phone_watch.check()
     doctor_ctx.close()
