@@ -271,7 +271,7 @@ def test_family_representative_signs_for_a_parent(live: Live, chromium: Any) -> 
     expect(phone.get_by_test_id("package-error")).to_have_attribute(
         "data-reason", "payer-not-patient"
     )
-    expect(phone.get_by_test_id("package-error")).not_to_be_empty()
+    expect(phone.get_by_test_id("package-error")).to_have_text("只能由居民本人的账户支付服务包。")
     shot(phone, "representative-cannot-pay-phone")
     (contract,) = contracts(live, "Patient/p4")
     assert _package_of(contract) == []
