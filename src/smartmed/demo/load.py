@@ -265,6 +265,7 @@ async def load_county(
         else:
             chunks = merge(_households(county, report, targets), households_per_transaction)
             await _send(engine, chunks, report, in_flight, advance)
+    await engine.db.analyze()  # the planner's statistics for the new rows
     report.seconds = time.perf_counter() - started
     report.cpu_seconds += time.process_time() - cpu_started
     return report

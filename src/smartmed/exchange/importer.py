@@ -157,6 +157,7 @@ async def import_files(settings: Settings, paths: list[Path]) -> ImportReport:
             async for outcome in load_transactions(engine, bundles, lambda item: item[1]):
                 bundle_report, document = outcome.item
                 _record(bundle_report, document, outcome)
+        await engine.db.analyze()  # the planner's statistics for the new rows
     finally:
         await engine.db.dispose()
     report.seconds = time.perf_counter() - started

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -99,6 +99,16 @@ class Database:
         await self._prepare()
         async with self._read_engine.connect() as conn:
             yield conn
+
+    async def analyze(self) -> None:
+        """Refresh the query planner's statistics, as after a bulk load.
+
+        PostgreSQL plans searches from table statistics; right after loading many rows
+        (before autovacuum has looked) it would plan with none, e.g. scanning a whole
+        index for a selective search (measured 30× slower). SQLite: ``PRAGMA optimize``.
+        """
+        async with self.write() as conn:
+            await conn.execute(text("ANALYZE" if self.is_postgres else "PRAGMA optimize"))
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
