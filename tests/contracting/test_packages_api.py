@@ -193,3 +193,49 @@ async def test_choose_buy_and_service_records(
         headers=people["doc"],
     )
     outcome(r, 409)
+
+
+async def test_a_package_paid_for_an_application_never_signed_is_given_back(
+    pay_app: FastAPI, http: httpx.AsyncClient, engine: FhirEngine, people: dict[str, Any]
+) -> None:
+    """p2 applies, pays for a package, and the team rejects the application: the money is
+    refunded (and nothing is active); the same for a withdrawn application."""
+    from smartmed.contracting import service
+    from tests.contracting.test_packages import SIG
+
+    for ending in ("reject", "withdraw"):
+        async with engine.db.write() as conn:
+            applied = await service.do_apply(
+                engine,
+                conn,
+                patient=people["p2"],
+                team=people["team"],
+                applicant=people["p2"],
+                signature=SIG,
+            )
+        cid = str(applied["id"])
+        r = await http.post(
+            f"{API}/contracts/{cid}/package",
+            json={"package": people["hypertension"]},
+            headers=people["r2"],
+        )
+        assert r.status_code == 201, r.text
+        assert (await pay_on_page(r.json()["payUrl"], pay_app)).status_code == 303
+        await drain(engine)
+        async with engine.db.write() as conn:
+            if ending == "reject":
+                await service.do_review(
+                    engine,
+                    conn,
+                    contract_id=cid,
+                    reviewer=people["doctor"],
+                    accept=False,
+                    reason="outside the team's service area",
+                )
+            else:
+                await service.do_withdraw(engine, conn, contract_id=cid, actor=people["p2"])
+        await drain(engine)
+        async with engine.db.read() as conn:
+            orders = await payments.list_orders(conn, target=f"Contract/{cid}")
+        assert [(o.state, o.refunded) for o in orders] == [("refunded", o.amount) for o in orders]
+        assert len(orders) == 1

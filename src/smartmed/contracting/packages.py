@@ -48,7 +48,7 @@ from smartmed.contracting.service import (
     search,
 )
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import FhirError, Forbidden, Invalid, NotFound
+from smartmed.fhir.errors import Conflict, FhirError, Forbidden, Invalid, NotFound
 from smartmed.fhir.repository import advisory_lock
 from smartmed.jobs import JobContext
 from smartmed.payments import Order, PaymentEvent, on_payment
@@ -785,6 +785,24 @@ async def activate_paid(engine: FhirEngine, conn: AsyncConnection, *, event: Pay
     await do_set_package(engine, conn, contract_id=contract_id, package=package.ref)
     await payments.mark_fulfilled(engine, conn, order_id=order.id, by=event.target)
     return "activated"
+
+
+async def refund_unused(
+    engine: FhirEngine, conn: AsyncConnection, *, contract_id: str, reason: str, by: str
+) -> list[str]:
+    """Give back what was paid for the packages of a contract that will never run (an
+    application rejected or withdrawn): a refund of every paid order for it is queued
+    (the payments module carries it out and tells the payer). The orders refunded."""
+    refunded = []
+    for order in await payments.list_orders(conn, target=f"Contract/{contract_id}"):
+        if order.purpose != "package" or order.state not in ("paid", "fulfilled"):
+            continue
+        try:
+            await payments.refund(engine, conn, order_id=order.id, reason=reason, by=by)
+        except Conflict:  # nothing left to give back on it
+            continue
+        refunded.append(order.id)
+    return refunded
 
 
 async def deactivate_refunded(

@@ -489,9 +489,11 @@ async def do_review(
             raise refuse(
                 Invalid, "reason-required", "a rejection needs a reason (1-500 characters)"
             )
-        return await end_contract(
+        ended = await end_contract(
             engine, conn, contract, status="rejected", reason="rejected", text=text, at=at
         )
+        await _refund_packages(engine, conn, contract_id, "application rejected", reviewer)
+        return ended
     existing = await contracts_of(engine, conn, patient=patient)
     previous = replaces_of(contract)
     if previous is not None:
@@ -579,9 +581,20 @@ async def do_withdraw(
     contract = await access_contract(engine, conn, contract_id)
     if contract.get("status") != PENDING:
         raise refuse(Refused, "not-pending", f"Contract/{contract_id} is not a pending application")
-    return await end_contract(
+    ended = await end_contract(
         engine, conn, contract, status="revoked", reason="withdrawn", text=None, at=at
     )
+    await _refund_packages(engine, conn, contract_id, "application withdrawn", actor)
+    return ended
+
+
+async def _refund_packages(
+    engine: FhirEngine, conn: AsyncConnection, contract_id: str, reason: str, by: str
+) -> None:
+    """A package paid for an application that will never run is given back."""
+    from smartmed.contracting.packages import refund_unused
+
+    await refund_unused(engine, conn, contract_id=contract_id, reason=reason, by=by)
 
 
 # The contract model is part of this module's public API (callers use ``service.team_of``).
