@@ -204,7 +204,7 @@ async def test_an_account_with_two_roles_switches_between_them(portal_app: FastA
     )
     async with browser(portal_app) as c:
         home = await login(c, user)
-        assert nav_keys(home.text) == {"directory"}
+        assert nav_keys(home.text) == {"directory", "contracting", "workbench", "team-reports"}
         assert 'name="role"' in home.text
         r = await follow(
             c, await c.post("/role", data={"csrf": csrf_of(home.text), "role": "institution-admin"})
