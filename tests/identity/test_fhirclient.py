@@ -73,7 +73,7 @@ class LiveServer:
 
     async def stop(self) -> None:
         self.server.should_exit = True
-        await asyncio.to_thread(self.thread.join, 15)
+        await asyncio.to_thread(self.thread.join, 30)
         self.sock.close()
 
 

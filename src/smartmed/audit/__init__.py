@@ -103,12 +103,19 @@ def install(engine: FhirEngine) -> AuditLog:
     return audit
 
 
+# At shutdown every stored record is chained, but AuditEvents are materialised only for
+# this long: the rest waits for the next start or a worker (the log is the evidence, the
+# AuditEvents a searchable copy), so a process stops promptly however busy it was.
+SHUTDOWN_MATERIALISE_SECONDS = 2.0
+
+
 async def shutdown(engine: FhirEngine, audit: AuditLog, *, timeout: float = 10.0) -> None:
-    """Store what is queued, stop the background task, chain and materialise one last time."""
+    """Store what is queued, stop the background task, chain one last time (and
+    materialise for at most ``SHUTDOWN_MATERIALISE_SECONDS``)."""
     await audit.close()
     if engine.audit is audit:
         engine.audit = None
     try:
-        await asyncio.wait_for(catch_up(engine), timeout)
+        await asyncio.wait_for(catch_up(engine, budget=SHUTDOWN_MATERIALISE_SECONDS), timeout)
     except Exception as exc:  # noqa: BLE001 - records are stored; the next start chains them
         log.warning("audit catch-up at shutdown failed", error_type=type(exc).__name__)
