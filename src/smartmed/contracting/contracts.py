@@ -167,6 +167,21 @@ def overlapping(
     return None
 
 
+def refuse_overlap(
+    contracts: list[dict[str, Any]],
+    start: datetime,
+    end: datetime,
+    *,
+    patient: str,
+    reason: str = "already-contracted",
+    ignore: str | None = None,
+) -> None:
+    """Refuse (``reason``) when one of ``contracts`` is in force between start and end."""
+    clash = overlapping(contracts, start, end, ignore=ignore)
+    if clash is not None:
+        raise refuse(Refused, reason, f"{patient} already has Contract/{clash['id']}")
+
+
 # -- building a contract ---------------------------------------------------------------
 
 

@@ -28,10 +28,10 @@ from smartmed.contracting.contracts import (
     is_in_force,
     new_contract,
     now_utc,
-    overlapping,
     package_of,
     patient_of,
     refuse,
+    refuse_overlap,
     replaces_of,
     team_of,
 )
@@ -131,9 +131,7 @@ async def do_renew(
     if responsible is not None:
         assign(renewed, member=responsible, by=actor, at=at)
     low, high = bounds(renewed)
-    clash = overlapping(existing, low, high)
-    if clash is not None:
-        raise refuse(Refused, "already-renewed", f"{patient} already has Contract/{clash['id']}")
+    refuse_overlap(existing, low, high, patient=patient, reason="already-renewed")
     return await create(engine, conn, renewed)
 
 
@@ -180,9 +178,7 @@ async def do_transfer(
     moved["applies"]["start"] = instant(at)
     existing = await contracts_of(engine, conn, patient=patient)
     low, high = bounds(moved)
-    clash = overlapping(existing, low, high)
-    if clash is not None:
-        raise refuse(Refused, "already-contracted", f"{patient} already has Contract/{clash['id']}")
+    refuse_overlap(existing, low, high, patient=patient)
     return old, await create(engine, conn, moved)
 
 

@@ -87,6 +87,7 @@ from smartmed.contracting.contracts import (
     reason_of,
     ref_parts,
     refuse,
+    refuse_overlap,
     replaces_of,
     resident_signer,
     set_reason,
@@ -509,9 +510,7 @@ async def do_review(
     if previous is not None:
         low = at  # the old contract ended at this instant
         contract["applies"]["start"] = instant(at)
-    clash = overlapping(existing, low, high, ignore=contract["id"])
-    if clash is not None:
-        raise refuse(Refused, "already-contracted", f"{patient} already has Contract/{clash['id']}")
+    refuse_overlap(existing, low, high, patient=patient, ignore=contract["id"])
     return await update(engine, conn, contract)
 
 
@@ -557,9 +556,7 @@ async def do_sign_in_person(
     )
     execute(body, by=doctor, at=at, start=at.date())
     low, high = bounds(body)
-    clash = overlapping(existing, low, high)
-    if clash is not None:
-        raise refuse(Refused, "already-contracted", f"{patient} already has Contract/{clash['id']}")
+    refuse_overlap(existing, low, high, patient=patient)
     return await create(engine, conn, body)
 
 
