@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/views.py [--resources 100000] [--threads 2] [--repeat 5]``.
 Generates a demo county of about ``--resources`` resources (references resolved to
-``Type/id`` as the store keeps them), loads it into an in-memory DuckDB table
+``Type/id`` as the store keeps them), loads it into a scratch DuckDB table
 ``(type, content JSON)``, then materialises (``CREATE TEMP TABLE … AS``) the starter
 ``patient_demographics`` view and the ``observations`` view (a ``forEach`` over
 components in a ``unionAll``), each next to two hand-written DuckDB queries in the same
