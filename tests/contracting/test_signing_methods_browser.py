@@ -2,8 +2,8 @@
 and, where the payer may pay, a paid package:
 
 - agent signing from the phone: a son (a RelatedPerson holding his mother's
-  family-delegation Consent) signs for her and the team accepts; payments take only a
-  Patient as payer, so he is told he may not pay. A daughter who is herself a resident
+  family-delegation Consent) signs for her, the team accepts, and he buys and pays her
+  package (a RelatedPerson payer). A daughter who is herself a resident
   signs for her father, the team accepts, and she buys and pays his package;
 - a doctor signs a resident present in person (typed name + consent box on the doctor's
   device), then the resident buys a package on the phone;
@@ -265,16 +265,10 @@ def test_family_representative_signs_for_a_parent(live: Live, chromium: Any) -> 
     assert _method(contract) == "agent"
     signers = {s["type"]["code"]: s["party"]["reference"] for s in contract["signer"]}
     assert "RelatedPerson/son4" in signers.values()
-    # Payments take only a Patient as payer: the son may not pay, and is told so.
-    phone.goto(live.base + "/contracting/packages")
-    phone.locator("[data-testid=package][data-code=elderly]").get_by_test_id("choose").click()
-    expect(phone.get_by_test_id("package-error")).to_have_attribute(
-        "data-reason", "payer-not-patient"
-    )
-    expect(phone.get_by_test_id("package-error")).to_have_text("只能由居民本人的账户支付服务包。")
-    shot(phone, "representative-cannot-pay-phone")
+    # The son holds her sign-on-behalf delegation: he buys and pays her package.
+    _buy_package(phone, live, "related-person", "elderly", "¥100.00")
     (contract,) = contracts(live, "Patient/p4")
-    assert _package_of(contract) == []
+    assert len(_package_of(contract)) == 1
     doctor_watch.check()
     phone_watch.check()
     doctor_ctx.close()

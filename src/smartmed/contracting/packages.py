@@ -653,8 +653,6 @@ async def do_choose(
     if chosen.free:
         updated = await do_set_package(engine, conn, contract_id=contract_id, package=chosen.ref)
         return Choice(updated, chosen, None)
-    if not actor.startswith("Patient/"):
-        raise refuse(Forbidden, "payer-not-patient", "only a resident's own account can pay")
     if chosen.price_ref is None:
         raise refuse(Invalid, "unknown-package", f"{chosen.ref} has no price")
     target = f"Contract/{contract_id}"
@@ -679,6 +677,7 @@ async def do_choose(
             "text": chosen.title,
         },
         definition=chosen.price_ref,
+        beneficiary=patient,
     )
     return Choice(contract, chosen, order)
 

@@ -196,6 +196,7 @@ def build_router() -> APIRouter:
             "state": choice.order.state,
             "amount": str(choice.order.amount),
             "currency": choice.order.currency,
+            "payer": choice.order.subject,
         }
         out["payUrl"] = await pay_url(engine, choice.order.id)
         return _json(out, 201)

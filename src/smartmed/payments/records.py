@@ -52,10 +52,16 @@ def new_charge_item(
     code: dict[str, Any] | None,
     definition: str | None,
     entered: datetime,
+    payer: str | None = None,
 ) -> dict[str, Any]:
+    """``subject``: the resident it is for; a ``payer`` other than them (a family
+    representative) is the ChargeItem's ``enterer`` (who ordered it)."""
     supporting = [{"reference": target}]
     if definition is not None:
         supporting.append({"reference": definition})
+    extra: dict[str, Any] = {}
+    if payer is not None and payer != subject:
+        extra["enterer"] = {"reference": payer}
     return {
         "resourceType": "ChargeItem",
         "identifier": [{"system": ORDER_SYSTEM, "value": order_id}],
@@ -65,19 +71,28 @@ def new_charge_item(
         "quantity": {"value": 1},
         "priceOverride": money(amount_fen),
         "enteredDate": fhir_instant(entered),
+        **extra,
         "supportingInformation": supporting,
     }
 
 
 def new_invoice(
-    *, order_id: str, subject: str, charge_item_id: str, amount_fen: int, created: datetime
+    *,
+    order_id: str,
+    subject: str,
+    charge_item_id: str,
+    amount_fen: int,
+    created: datetime,
+    payer: str | None = None,
 ) -> dict[str, Any]:
+    """``subject``: the resident it is for; ``recipient``: who pays (default: them)."""
     return {
         "resourceType": "Invoice",
         "meta": _tag("created"),
         "identifier": [{"system": ORDER_SYSTEM, "value": order_id}],
         "status": "draft",
         "subject": {"reference": subject},
+        "recipient": {"reference": payer or subject},
         "date": fhir_instant(created),
         "lineItem": [
             {

@@ -3,8 +3,9 @@
 ======  =======================================  ============================================
 method  path                                     purpose
 ======  =======================================  ============================================
-POST    /api/payments/orders                     the signed-in resident orders a product;
-                                                 201 with the order and where to pay
+POST    /api/payments/orders                     the signed-in resident (or a representative,
+                                                 ``beneficiary``: the member) orders a
+                                                 product; 201 with the order and where to pay
 GET     /api/payments/orders                     my orders (administrators: ``?subject=``)
 GET     /api/payments/orders/{id}                one order (its payer or an administrator)
 POST    /api/payments/orders/{id}/checkout       where to pay (creates the provider payment)
@@ -39,7 +40,7 @@ from smartmed.fhir.errors import (
 )
 from smartmed.identity.principal import Principal, Role
 from smartmed.identity.service import get_identity
-from smartmed.payments import products, service
+from smartmed.payments import payers, products, service
 from smartmed.payments.callbacks import handle_callback
 from smartmed.payments.errors import ProviderError
 from smartmed.payments.i18n import gettext_for, page
@@ -103,9 +104,13 @@ def _is_admin(principal: Principal) -> bool:
 
 
 def _payer(principal: Principal) -> str:
-    if principal.fhir_user and principal.fhir_user.startswith("Patient/"):
+    """The caller as a payer: a resident (Patient) or a family representative
+    (RelatedPerson); who they may pay for is ``payers.check_payer``'s question."""
+    if principal.fhir_user and principal.fhir_user.startswith(
+        tuple(f"{t}/" for t in payers.PAYER_TYPES)
+    ):
         return principal.fhir_user
-    raise Forbidden("only a resident signed in as themselves can order and pay")
+    raise Forbidden("only a resident or a family representative can order and pay")
 
 
 async def _visible(request: Request, principal: Principal, order_id: str) -> Order:
@@ -124,6 +129,11 @@ class OrderIn(BaseModel):
         default=None, alias="for", max_length=200, description="what it pays for: Contract/9"
     )
     key: str | None = Field(default=None, min_length=1, max_length=200)
+    beneficiary: str | None = Field(
+        default=None,
+        pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$",
+        description="the resident it is for (a representative's order); default: the caller",
+    )
 
 
 class RefundIn(BaseModel):
@@ -155,6 +165,7 @@ def build_payments_router() -> APIRouter:
                 code=product.code,
                 definition=product.definition,
                 key=f"{subject}:{body.key}" if body.key else None,
+                beneficiary=body.beneficiary,
             )
         checkout = await service.start_checkout(engine, order_id=order.id)
         async with engine.db.read() as conn:

@@ -31,7 +31,7 @@ from smartmed.fhir.model import utcnow
 from smartmed.fhir.repository import Repository, new_id
 from smartmed.jobs import enqueue
 from smartmed.jobs.queue import insert_ignore
-from smartmed.payments import records
+from smartmed.payments import payers, records
 from smartmed.payments.models import (
     CURRENCY,
     TRANSITIONS,
@@ -119,11 +119,25 @@ async def create_order(
     definition: str | None = None,
     key: str | None = None,
     minutes: int | None = None,
+    beneficiary: str | None = None,
 ) -> Order:
     """Record a new order (state ``created``) with its ChargeItem and draft Invoice.
 
-    The same ``key`` returns the first order (Invalid if it was for something else)."""
-    _check_ref(subject, "subject", ("Patient",))
+    ``subject`` is the payer: the resident (``Patient``) or a family representative
+    (``RelatedPerson``, or a ``Patient`` paying for a member) holding the beneficiary's
+    ``sign-on-behalf`` delegation (``payers.py``; Forbidden otherwise). ``beneficiary`` is
+    the resident it is for (the ChargeItem's and Invoice's subject; default: the payer,
+    required when the payer is a RelatedPerson). The same ``key`` returns the first order
+    (Invalid if it was for something else)."""
+    _check_ref(subject, "subject", payers.PAYER_TYPES)
+    if beneficiary is None:
+        if not subject.startswith("Patient/"):
+            raise Invalid(
+                "a representative's order needs the beneficiary (the Patient it is for)",
+                expression="beneficiary",
+            )
+        beneficiary = subject
+    _check_ref(beneficiary, "beneficiary", ("Patient",))
     _check_ref(target, "target")
     if definition is not None:
         _check_ref(definition, "definition")
@@ -141,9 +155,10 @@ async def create_order(
     fen = to_fen(amount)
     repo = _repo(engine, conn)
     with as_platform():
-        for ref, name in ((subject, "subject"), (target, "target")):
+        for ref, name in ((subject, "subject"), (beneficiary, "beneficiary"), (target, "target")):
             if not await repo.exists(*ref.split("/", 1)):
                 raise Invalid(f"{name} {ref} does not exist", expression=name)
+    await payers.check_payer(conn, payer=subject, beneficiary=beneficiary)
     now = utcnow()
     order_id = str(uuid.uuid4())
     charge_item_id, invoice_id = new_id(), new_id()
@@ -177,7 +192,8 @@ async def create_order(
         return Order.from_row(first)
     charge = records.new_charge_item(
         order_id=order_id,
-        subject=subject,
+        subject=beneficiary,
+        payer=subject,
         target=target,
         description=description.strip(),
         amount_fen=fen,
@@ -187,7 +203,8 @@ async def create_order(
     )
     invoice = records.new_invoice(
         order_id=order_id,
-        subject=subject,
+        subject=beneficiary,
+        payer=subject,
         charge_item_id=charge_item_id,
         amount_fen=fen,
         created=now,
