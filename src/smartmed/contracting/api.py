@@ -15,6 +15,8 @@ POST    /contracts/{id}/renew                       resident, representative or 
 POST    /contracts/{id}/transfer                    same: move to another team now
 POST    /contracts/{id}/terminate                   same: end now with a reason
 POST    /in-person                                  team member: sign a resident present in person
+POST    /residents/search                           team member: find that resident (ID number,
+                                                    phone, or name + birth date; masked)
 POST    /invitations                                team member: invite a resident (link, notify)
 GET     /card?team=                                 team member: their business-card link
 POST    /share                                      resident with a contract: a share link
@@ -37,7 +39,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from smartmed.contracting import flows, lifecycle, packages, populations, service
+from smartmed.contracting import finder, flows, lifecycle, packages, populations, service
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Forbidden, Unauthorized
 from smartmed.identity.principal import Principal, Role
@@ -158,6 +160,17 @@ class InPersonIn(BaseModel):
     team: str = Field(pattern=r"^CareTeam/[A-Za-z0-9\-.]{1,64}$")
     signature: SignatureIn
     package: str | None = Ref
+
+
+class FindIn(BaseModel):
+    """One way of finding a resident: ``idNumber``, ``phone``, or ``name`` + ``birthDate``."""
+
+    model_config = ConfigDict(extra="forbid")
+    team: str = Field(pattern=r"^CareTeam/[A-Za-z0-9\-.]{1,64}$")
+    idNumber: str = Field(default="", max_length=18)
+    phone: str = Field(default="", max_length=24)
+    name: str = Field(default="", max_length=100)
+    birthDate: str = Field(default="", max_length=10)
 
 
 class InvitationIn(BaseModel):
@@ -365,6 +378,20 @@ def build_router() -> APIRouter:
                 package=body.package,
             )
         return _json(contract, 201)
+
+    @router.post("/residents/search")
+    async def find_residents(request: Request, body: FindIn, principal: Caller) -> JSONResponse:
+        """Find the resident to sign in person (POST: ID numbers stay out of URLs); only
+        residents the caller's access policy reaches, identifiers masked."""
+        who = team_member(principal)
+        engine = engine_of(request)
+        query = finder.Query(
+            id_number=body.idNumber, phone=body.phone, name=body.name, birth_date=body.birthDate
+        )
+        async with engine.db.read() as conn:
+            await service.access_team(engine, conn, team=body.team, member=who)
+            found = await finder.find_residents(engine, conn, principal=principal, query=query)
+        return _json({"items": [f.json() for f in found]})
 
     @router.post("/invitations")
     async def invite(request: Request, body: InvitationIn, principal: Caller) -> JSONResponse:

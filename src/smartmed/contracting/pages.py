@@ -12,6 +12,8 @@ POST    /contracting/apply               file it
 GET     /contracting/team                team: applications, residents with key groups
 POST    /contracting/{id}/review         team: accept / reject with a reason
 POST    /contracting/invite              team: invite a resident (link shown and sent)
+POST    /contracting/find                team: find the resident to sign in person
+                                         (ID number, phone, or name + birth date)
 POST    /contracting/in-person           team: sign a resident present in person
 GET     /contracting/card                team: my business card with its QR code
 (package_pages.py)                       packages, buying, service records, publishing
@@ -28,7 +30,7 @@ from typing import Any
 import segno
 from fastapi import APIRouter, Request, Response
 
-from smartmed.contracting import api, flows, lifecycle, links, service
+from smartmed.contracting import api, finder, flows, lifecycle, links, service
 from smartmed.fhir.errors import FhirError, Invalid
 from smartmed.portal.forms import form_data
 from smartmed.portal.nav import require
@@ -243,9 +245,7 @@ def build_router() -> APIRouter:
             ),
         )
 
-    @router.get(BASE + "/team")
-    async def team_page(request: Request) -> Response:
-        require(request, "contracting")
+    async def _team_view(request: Request, found: dict[str, Any] | None = None) -> Response:
         who = api.team_member(_principal(request))
         engine = api.engine_of(request)
         now = service.now_utc()
@@ -267,13 +267,54 @@ def build_router() -> APIRouter:
         return render(
             request,
             "contracting/team.html",
+            400 if found and found.get("error") else 200,
             teams=teams,
             names=names,
             service=service,
             all_teams=all_teams,
+            found=found,
             invitation=get_session(request).pop("contracting_invite"),
             done=get_session(request).pop("contracting_done"),
             reasons=service.TERMINATION_REASONS,
+        )
+
+    @router.get(BASE + "/team")
+    async def team_page(request: Request) -> Response:
+        require(request, "contracting")
+        return await _team_view(request)
+
+    @router.post(BASE + "/find")
+    async def find(request: Request) -> Response:
+        """The in-person form's resident search (POST: ID numbers stay out of URLs)."""
+        require(request, "contracting")
+        principal = _principal(request)
+        who = api.team_member(principal)
+        values = await form_data(request)
+        team = values.get("team", "")
+        query = finder.Query(
+            id_number=values.get("id_number", ""),
+            phone=values.get("phone", ""),
+            name=values.get("name", ""),
+            birth_date=values.get("birth_date", ""),
+        )
+        shown = {k: values.get(k, "") for k in ("name", "birth_date")}  # never echo ID/phone
+        engine = api.engine_of(request)
+        try:
+            async with engine.db.read() as conn:
+                await service.access_team(engine, conn, team=team, member=who)
+                results = await finder.find_residents(
+                    engine, conn, principal=principal, query=query
+                )
+        except FhirError as exc:
+            if exc.status != 400:
+                return _error(request, exc)
+            return await _team_view(
+                request,
+                {"team": team, "results": None, "error": service.reason_of(exc), "shown": shown},
+            )
+        return await _team_view(
+            request,
+            {"team": team, "results": [r.json() for r in results], "error": None, "shown": shown},
         )
 
     @router.post(BASE + "/{cid}/review")
