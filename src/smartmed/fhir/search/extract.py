@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
+
 from smartmed.fhir.search import support
 from smartmed.fhir.search.convert import (
     date_range,
@@ -22,12 +24,14 @@ from smartmed.fhir.search.convert import (
 )
 from smartmed.fhir.search.fhirpath_fast import (
     Evaluator,
+    Node,
     RelativeEvaluator,
     Unsupported,
     compile_expression,
     compile_fhirpathpy,
     compile_relative,
     required_keys,
+    shared_steps,
 )
 from smartmed.fhir.search.index import (
     CompositeValue,
@@ -69,6 +73,46 @@ _CompositePlan = list[tuple[str, Evaluator, list[tuple[str, ...] | None], list[_
 # (Observation's eight composites all start with `code`): (kind, expression, element id).
 _Memo = dict[tuple[str, str, int], list[IndexValue]]
 
+# --- conversions shared across resources ------------------------------------------------
+
+# The index values of one node depend on the parameter kind, the node's FHIR type and its
+# JSON value only, and the demo's (or an import's) resources repeat the same codings,
+# references, units and names thousands of times: 85-98 % of the nodes of a demo county
+# convert to values already made for an earlier resource. Keys: (kind, type, text) for a
+# string, (kind, type, JSON bytes) for an object (orjson, key order as written). Only for
+# documents known to hold plain JSON values (decoded from JSON text): a tuple, UUID or
+# enum would serialise like a list or a string and must not share their values.
+_CACHE_LIMIT = 100_000
+_JSON_KEY = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+_JSON_KEY |= orjson.OPT_PASSTHROUGH_DATACLASS
+_Converted = dict[tuple[str, str | None, Any], tuple[IndexValue, ...]]
+
+
+def _convert_cached(kind: str, nodes: list[Node], cache: _Converted) -> list[IndexValue]:
+    """``to_index_values(kind, nodes)``, per node from ``cache`` when converted before."""
+    values: list[IndexValue] = []
+    for node in nodes:
+        data, type_ = node
+        if type(data) is str:
+            key: tuple[str, str | None, Any] = (kind, type_, data)
+        elif type(data) is dict:
+            try:
+                key = (kind, type_, orjson.dumps(data, option=_JSON_KEY))
+            except TypeError:
+                values.extend(to_index_values(kind, [node]))
+                continue
+        else:  # numbers and booleans: cheap, and 1 == 1.0 == True, 0.0 == -0.0 as keys
+            values.extend(to_index_values(kind, [node]))
+            continue
+        found = cache.get(key)
+        if found is None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            found = cache[key] = tuple(to_index_values(kind, [node]))
+        values.extend(found)
+    # Each node's values are deduplicated already; across nodes as to_index_values does.
+    return list(dict.fromkeys(values)) if len(nodes) > 1 and len(values) > 1 else values
+
 
 def _composite_plan(
     resource_type: str, param: SearchParam
@@ -95,7 +139,11 @@ def _composite_plan(
 
 
 def _composite_values(
-    resource: dict[str, Any], base: Evaluator, components: list[_Component], memo: _Memo
+    resource: dict[str, Any],
+    base: Evaluator,
+    components: list[_Component],
+    memo: _Memo,
+    cache: _Converted | None,
 ) -> list[IndexValue]:
     """One CompositeValue per base element that has a value for every component."""
     found: list[IndexValue] = []
@@ -105,7 +153,12 @@ def _composite_values(
             key = (kind, expression, id(node[0]))
             values = memo.get(key)
             if values is None:
-                values = memo[key] = to_index_values(kind, evaluate([node], resource))
+                nodes = evaluate([node], resource)
+                values = memo[key] = (
+                    to_index_values(kind, nodes)
+                    if cache is None
+                    else _convert_cached(kind, nodes, cache)
+                )
             if not values:
                 break
             parts.append(tuple(cast(list[SimpleValue], values)))
@@ -121,6 +174,7 @@ class IndexExtractor:
         self._registry = registry
         self._fast = fast  # False: fhirpathpy only, the reference path for tests and bench
         self._plans: dict[str, tuple[_Plan, _CompositePlan, bool, bool]] = {}
+        self._converted: _Converted = {}
         support.prepare(registry, None)
 
     def plan(self, resource_type: str) -> _Plan:
@@ -156,12 +210,28 @@ class IndexExtractor:
         self._plans[resource_type] = found
         return found
 
-    def extract(self, resource: dict[str, Any]) -> ResourceIndex:
-        """All index values of a resource, by parameter code."""
+    def extract(self, resource: dict[str, Any], *, plain: bool = False) -> ResourceIndex:
+        """All index values of a resource, by parameter code.
+
+        ``plain``: the caller knows the resource holds only JSON values (dict, list, str,
+        int, float, bool, None: decoded from JSON text), so that conversions already made
+        for equal elements of earlier resources are reused; same values either way.
+        """
         index = ResourceIndex()
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str):
             return index
+        with shared_steps():  # the expressions that start alike share their first step
+            self._extract(resource, resource_type, self._converted if plain else None, index)
+        return index
+
+    def _extract(
+        self,
+        resource: dict[str, Any],
+        resource_type: str,
+        cache: _Converted | None,
+        index: ResourceIndex,
+    ) -> None:
         out = index.values
         plan, composites, text, content = self._plan(resource_type)
         for code, kind, evaluator, keys in plan:
@@ -177,7 +247,11 @@ class IndexExtractor:
                 log.warning("search param %s.%s failed", resource_type, code, exc_info=True)
                 continue
             if nodes:
-                values = to_index_values(kind, nodes)
+                values = (
+                    to_index_values(kind, nodes)
+                    if cache is None
+                    else _convert_cached(kind, nodes, cache)
+                )
                 if values:
                     out[code] = values
         memo: _Memo = {}
@@ -185,7 +259,7 @@ class IndexExtractor:
             if any(keys is not None and not any(k in resource for k in keys) for keys in needed):
                 continue
             try:
-                values = _composite_values(resource, base, components, memo)
+                values = _composite_values(resource, base, components, memo, cache)
             except Exception:
                 log.warning("composite %s.%s failed", resource_type, code, exc_info=True)
                 continue
@@ -196,7 +270,6 @@ class IndexExtractor:
             out["_text"] = [TextValue(narrative)]
         if content and (everything := content_text(resource, narrative)):
             out["_content"] = [TextValue(everything)]
-        return index
 
 
 @lru_cache(maxsize=4)

@@ -15,8 +15,11 @@ tables, so the fast path reproduces fhirpathpy's typing exactly, choice types in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
+from itertools import count
 from typing import Any
 
 import fhirpathpy
@@ -171,6 +174,72 @@ def _member(key: str) -> _Step:
     return step
 
 
+# Results of the first member step of a root (``Patient.name`` in ``Patient.name.family``),
+# shared by the expressions that start with it, within one ``shared_steps()`` block: the
+# extractor evaluates some twenty expressions per resource and many start alike (every
+# ``Observation.value as T``, ``Observation.component...``, ``Patient.address.x``).
+# Keyed by (step, id of the input element): the block must not change the resource.
+_SHARED: ContextVar[dict[tuple[int, int], list[Node]] | None] = ContextVar(
+    "fhirpath_fast_shared", default=None
+)
+_STEP_IDS = count()
+
+
+@contextmanager
+def shared_steps() -> Iterator[None]:
+    """Evaluate several expressions on resources that stay unchanged inside the block,
+    sharing their common first steps."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+@cache
+def _root_member(name: str, key: str) -> _Step:
+    """``Name.key``: the root filter and the first member step in one (shared) step.
+
+    A node passing the root filter is a resource of type ``name`` (typed by its
+    ``resourceType`` wherever it comes from), so the member's candidates are known now.
+    """
+    cands = _candidates(name, key)
+    ident = next(_STEP_IDS)
+
+    def compute(nodes: list[Node]) -> list[Node]:
+        out: list[Node] = []
+        for data, _ in nodes:
+            if type(data) is not dict or data.get("resourceType") != name:
+                continue
+            for json_key, found_type in cands:
+                value = data.get(json_key)
+                if value is not None:
+                    child_type = found_type
+                    break
+            else:
+                continue
+            for item in value if type(value) is list else (value,):
+                if item is None:
+                    continue
+                if type(item) is dict and "resourceType" in item:
+                    out.append((item, item["resourceType"]))
+                else:
+                    out.append((item, child_type))
+        return out
+
+    def step(nodes: list[Node]) -> list[Node]:
+        shared = _SHARED.get()
+        if shared is None or len(nodes) != 1:
+            return compute(nodes)
+        memo_key = (ident, id(nodes[0][0]))
+        found = shared.get(memo_key)
+        if found is None:
+            found = shared[memo_key] = compute(nodes)
+        return found
+
+    return step
+
+
 def _root_filter(name: str) -> _Step:
     def step(nodes: list[Node]) -> list[Node]:
         return [n for n in nodes if type(n[0]) is dict and n[0].get("resourceType") == name]
@@ -289,7 +358,18 @@ class _Parser:
             self.take("op", ")")
         else:
             name = self.take("id")
-            steps.append(_root_filter(name) if name[:1].isupper() else _member(name))
+            if not name[:1].isupper():
+                steps.append(_member(name))
+            elif (
+                self.peek() == ("op", ".")
+                and self.pos + 2 <= len(self.tokens)
+                and self.tokens[self.pos + 1][0] == "id"
+                and (self.pos + 2 == len(self.tokens) or self.tokens[self.pos + 2] != ("op", "("))
+            ):
+                self.pos += 1
+                steps.append(_root_member(name, self.take("id")))
+            else:
+                steps.append(_root_filter(name))
         while True:
             token = self.peek()
             if token == ("op", "."):

@@ -86,8 +86,9 @@ def _init_worker(settings: Settings | None) -> None:
 
 def _prepare(items: bytes | list[tuple[str, str, dict[str, Any]]], now: Any) -> bulk.Prepared:
     assert _services is not None
-    if isinstance(items, bytes):
-        items = [(t, i, body) for t, i, body in orjson.loads(items)]
+    if isinstance(items, bytes):  # decoded from JSON: plain values only
+        decoded = [(t, i, body) for t, i, body in orjson.loads(items)]
+        return bulk.prepare(_services, decoded, now, plain=True)
     return bulk.prepare(_services, items, now)
 
 
