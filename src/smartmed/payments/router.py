@@ -11,9 +11,13 @@ GET     /api/payments/orders/{id}                one order (its payer or an admi
 POST    /api/payments/orders/{id}/checkout       where to pay (creates the provider payment)
 POST    /api/payments/orders/{id}/sync           ask the provider now (payer, administrator)
 POST    /api/payments/orders/{id}/refund         administrators: refund all or part; 202
+GET     /api/payments/refunds?state=failed       administrators: refunds that failed
+POST    /api/payments/refunds/{id}/retry         administrators: try a failed refund again; 202
 POST    /api/payments/notify/{provider}          the provider's signed callback
 GET     /payments/orders/{id}/pay                303 to the provider's checkout page
 GET     /payments/orders/{id}/return             where the provider sends the payer back
+GET     /payments/admin/refunds                  administrators: failed refunds, retry button
+POST    /payments/admin/refunds/{id}/retry       (form, CSRF) try one again
 ======  =======================================  ============================================
 
 The caller is a bearer token or the portal session (whose unsafe requests carry the
@@ -122,6 +126,28 @@ async def _visible(request: Request, principal: Principal, order_id: str) -> Ord
     return order
 
 
+_FLASH = "payments_refund_retried"
+
+
+def _admin_page(request: Request) -> Principal:
+    """A portal page for administrators: the session's active role must be one."""
+    from smartmed.portal.nav import LoginRequired, PageForbidden
+    from smartmed.portal.session import get_session
+
+    session = get_session(request)
+    principal = getattr(request.state, "principal", None)
+    if session.account is None or not isinstance(principal, Principal):
+        raise LoginRequired()
+    if session.active_role not in ADMIN_ROLES:
+        raise PageForbidden()
+    return principal
+
+
+def _refund_json(row: dict[str, Any]) -> dict[str, Any]:
+    failed = row["failed"]
+    return {**row, "failed": failed.isoformat() + "Z" if failed is not None else None}
+
+
 class OrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     product: str = Field(min_length=3, max_length=200, description="ChargeItemDefinition/3")
@@ -222,6 +248,72 @@ def build_payments_router() -> APIRouter:
             "state": made.state,
             "reason": made.reason,
         }
+
+    @router.get("/api/payments/refunds")
+    async def refunds(request: Request, principal: Caller, state: str = "failed") -> dict[str, Any]:
+        if not _is_admin(principal):
+            raise Forbidden("only administrators list refunds")
+        if state != "failed":
+            raise Invalid("only state=failed is listed", expression="state")
+        async with _engine(request).db.read() as conn:
+            found = await service.failed_refunds(conn)
+        return {"refunds": [_refund_json(r) for r in found]}
+
+    @router.post("/api/payments/refunds/{refund_id}/retry", status_code=202)
+    async def retry(request: Request, principal: Caller, refund_id: str) -> dict[str, Any]:
+        if not _is_admin(principal):
+            raise Forbidden("only administrators retry refunds")
+        engine = _engine(request)
+        async with engine.db.write() as conn:
+            made = await service.retry_refund(
+                engine, conn, refund_id=refund_id, by=principal.fhir_user or principal.subject
+            )
+        return {
+            "id": made.id,
+            "order": made.order_id,
+            "amount": str(made.amount),
+            "state": "pending",
+        }
+
+    # -- the administrators' failed-refunds page (portal shell) ---------------------------
+
+    @router.get("/payments/admin/refunds", include_in_schema=False)
+    async def refunds_page(request: Request) -> Response:
+        _admin_page(request)
+        from smartmed.portal.render import render
+        from smartmed.portal.session import get_session
+
+        async with _engine(request).db.read() as conn:
+            found = await service.failed_refunds(conn)
+        return render(
+            request,
+            "payments/refunds.html",
+            refunds=found,
+            done=get_session(request).pop(_FLASH),
+        )
+
+    @router.post("/payments/admin/refunds/{refund_id}/retry", include_in_schema=False)
+    async def retry_page(request: Request, refund_id: str) -> Response:
+        principal = _admin_page(request)
+        from smartmed.portal import csrf_protect
+        from smartmed.portal.render import render
+        from smartmed.portal.session import get_session
+
+        await csrf_protect(request)
+        engine = _engine(request)
+        try:
+            async with engine.db.write() as conn:
+                await service.retry_refund(
+                    engine, conn, refund_id=refund_id, by=principal.fhir_user or principal.subject
+                )
+        except (Conflict, NotFound) as exc:
+            async with engine.db.read() as conn:
+                found = await service.failed_refunds(conn)
+            return render(
+                request, "payments/refunds.html", exc.status, refunds=found, error=exc.status
+            )
+        get_session(request).set(_FLASH, refund_id)
+        return RedirectResponse("/payments/admin/refunds", 303)
 
     @router.post("/api/payments/notify/{provider}")
     async def notify(request: Request, provider: str) -> Response:

@@ -548,6 +548,83 @@ async def fail_refund(
     return True
 
 
+async def failed_refunds(conn: AsyncConnection, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Refunds the provider refused or never confirmed (state ``failed``), newest first,
+    with their order: the money is still on the order for a person to settle or retry."""
+    stmt = (
+        select(
+            payment_refund,
+            payment_order.c.subject.label("payer"),
+            payment_order.c.description,
+            payment_order.c.state.label("order_state"),
+            payment_order.c.target,
+        )
+        .join(payment_order, payment_order.c.id == payment_refund.c.order_id)
+        .where(payment_refund.c.state == "failed")
+        .order_by(payment_refund.c.finished_at.desc(), payment_refund.c.id)
+        .limit(limit)
+    )
+    return [
+        {
+            "id": r.id,
+            "order": r.order_id,
+            "amount": str(from_fen(r.amount_fen)),
+            "reason": r.reason,
+            "error": r.error,
+            "requestedBy": r.requested_by,
+            "failed": r.finished_at,
+            "payer": r.payer,
+            "description": r.description,
+            "orderState": r.order_state,
+            "target": r.target,
+        }
+        for r in (await conn.execute(stmt)).all()
+    ]
+
+
+async def retry_refund(
+    engine: FhirEngine, conn: AsyncConnection, *, refund_id: str, by: str
+) -> Refund:
+    """Try a failed refund again through the ``payments.refund`` job, with the **same**
+    refund id: providers are idempotent on it, so a refund that did go through although
+    we never heard of it is counted once, never paid out twice. The amount is reserved
+    again (Conflict if the order no longer holds it, or the refund is not failed)."""
+    ref = (
+        await conn.execute(select(payment_refund).where(payment_refund.c.id == refund_id))
+    ).first()
+    if ref is None:
+        raise NotFound(f"no refund {refund_id}")
+    await _lock(conn, ref.order_id)  # serialise with callbacks, refunds and other retries
+    done = await conn.execute(
+        update(payment_refund)
+        .where(payment_refund.c.id == refund_id, payment_refund.c.state == "failed")
+        .values(state="pending", finished_at=None, error=None)
+    )
+    if done.rowcount != 1:
+        raise Conflict(f"refund {refund_id} is not a failed refund (it may be retried already)")
+    reserved = await conn.execute(
+        update(payment_order)
+        .where(
+            payment_order.c.id == ref.order_id,
+            payment_order.c.received_fen
+            - payment_order.c.refunded_fen
+            - payment_order.c.reserved_fen
+            >= ref.amount_fen,
+        )
+        .values(reserved_fen=payment_order.c.reserved_fen + ref.amount_fen)
+    )
+    if reserved.rowcount != 1:  # the caller's transaction rolls the state back
+        raise Conflict("the order no longer holds the amount of this refund")
+    await enqueue(
+        conn,
+        "payments.refund",
+        {"refund": refund_id},
+        key=f"payments.refund:{refund_id}:retry:{uuid.uuid4().hex[:12]}",
+    )
+    log.info("refund retried", order=ref.order_id, refund=refund_id, by=by[:200], error=ref.error)
+    return Refund(refund_id, ref.order_id, from_fen(ref.amount_fen), "pending", ref.reason)
+
+
 # -- provider queries and expiry ---------------------------------------------------------
 
 
