@@ -300,3 +300,151 @@ async def test_contract_analytics_show_a_living_programme(county: Loaded) -> Non
     assert fulfilment["active"] == len(in_force) == fulfilment["withPackage"]
     assert fulfilment["served"] == len(served)
     assert 0 < fulfilment["neverServed"] < fulfilment["active"]
+
+
+async def test_demo_contracts_look_like_contracts_signed_through_the_module(
+    county: Loaded,
+) -> None:
+    """Every demo contract has the shape ``contracting`` writes (compared with one the
+    module signs in the same database) and reads as one: its team, signing method,
+    signers with the resident's electronic signature and the accepting member, the term,
+    and the member responsible for the resident."""
+    import base64
+
+    import orjson
+
+    from smartmed.contracting import service
+    from smartmed.contracting.contracts import (
+        METHOD_EXT,
+        METHODS,
+        STATEMENT,
+        TYPE_SYSTEM,
+        Signature,
+        extension,
+        team_of,
+    )
+    from smartmed.contracting.teamwork import ASSIGNMENT_EXT, assignee_of
+
+    engine = county.engine
+    contracts = county.of("Contract")
+    teams = {f"CareTeam/{t['id']}": t for t in await _all(county, "CareTeam")}
+    members: dict[str, set[str]] = {}
+    async with engine.db.read() as conn:
+        for ref, body in teams.items():
+            members[ref] = await service.team_members(engine, conn, body)
+    # A resident the demo did not sign, signed in person through the module.
+    signed = {c["subject"][0]["reference"] for c in contracts}
+    patients = await _all(county, "Patient")
+    free = next(f"Patient/{p['id']}" for p in patients if f"Patient/{p['id']}" not in signed)
+    team_ref = sorted(teams)[0]
+    doctor = sorted(m for m in members[team_ref] if m.startswith("Practitioner/"))[0]
+    async with engine.db.write() as conn:
+        real = await service.do_sign_in_person(
+            engine, conn, patient=free, team=team_ref, doctor=doctor, signature=Signature("x", True)
+        )
+    shape = set(real) - {"id", "meta"}
+    known_urls = {e["url"] for e in real["extension"]} | {
+        "urn:smartmed:extension:contract-service-package",
+        "urn:smartmed:extension:contract-replaces",
+        "urn:smartmed:extension:contract-status-reason",
+        ASSIGNMENT_EXT,
+    }
+    methods: Counter[str] = Counter()
+    for c in contracts:
+        assert set(c) - {"id", "meta"} == shape, (c["id"], set(c) ^ set(real))
+        assert {e["url"] for e in c["extension"]} <= known_urls
+        team = team_of(c)
+        assert team in teams, c["id"]
+        assert c["type"]["coding"][0] == real["type"]["coding"][0]
+        assert c["type"]["coding"][0]["system"] == TYPE_SYSTEM
+        method = str((extension(c, METHOD_EXT) or {}).get("valueCode"))
+        assert method in METHODS
+        methods[method] += 1
+        patient = c["subject"][0]["reference"]
+        resident, accepted = c["signer"]
+        assert (resident["type"]["code"], resident["party"]["reference"]) == ("PAT", patient)
+        data = orjson.loads(base64.b64decode(resident["signature"][0]["data"]))
+        assert data["agreed"] is True and data["statement"] == STATEMENT and data["typedName"]
+        assert resident["signature"][0]["sigFormat"] == "application/json"
+        assert accepted["type"]["code"] == "HPROV"
+        assert accepted["party"]["reference"] == c["author"]["reference"]
+        assert c["author"]["reference"] in members[team]
+        assert c["issued"].endswith("Z") and c["issued"] == resident["signature"][0]["when"]
+        assert c["authority"] == [
+            {"reference": o["reference"]} for o in teams[team]["managingOrganization"]
+        ]
+        low, high = bounds(c)
+        if c["status"] == "executed":
+            assert 364 <= (high - low).days <= 366, c["id"]
+        assignee = assignee_of(c)
+        assert assignee == c["author"]["reference"], c["id"]
+    assert methods["qr-card"] > methods["portal"] > 0
+
+
+async def _all(county: Loaded, type_: str) -> list[dict[str, Any]]:
+    async with county.engine.db.read() as conn:
+        return [r async for r in search_every(county.engine, conn, type_, [("_sort", "_id")])]
+
+
+async def test_demo_doctors_workbench_lists_their_demo_residents(county: Loaded) -> None:
+    """A demo family doctor's workbench (scope "mine") lists the residents whose contract
+    in force they signed, found by the same reader as contracts signed in the portal."""
+    from smartmed.contracting import service, teamwork
+    from smartmed.contracting.contracts import is_in_force, team_of
+
+    engine = county.engine
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    expected: dict[tuple[str, str], set[str]] = {}
+    for c in county.of("Contract"):
+        if is_in_force(c, at):
+            key = (str(team_of(c)), str(teamwork.assignee_of(c)))
+            expected.setdefault(key, set()).add(c["subject"][0]["reference"])
+    assert expected
+    checked = 0
+    for (team, doctor), residents in sorted(expected.items())[:4]:
+        async with engine.db.read() as conn:
+            found = await service.contracted_with_team(engine, conn, team=team, at=at)
+            bench = await teamwork.workbench(
+                engine,
+                conn,
+                team=team,
+                practitioner=doctor,
+                filters=teamwork.Filters(scope="mine", size=teamwork.MAX_PAGE_SIZE),
+                at=at,
+            )
+        assert {c["subject"][0]["reference"] for c in found} >= residents
+        assert {r["patient"] for r in bench.rows} == residents, (team, doctor)
+        assert bench.total == len(residents)
+        checked += 1
+    assert checked > 0
+
+
+def test_tag_contracts_adds_the_tags_the_module_writes() -> None:
+    """Given the loader's resolved references, demo Contracts get the team and assignee
+    tags exactly as contracting writes them (``new_contract``, ``teamwork.assign``)."""
+    from smartmed.contracting.contracts import TEAM_TAG, team_of
+    from smartmed.contracting.teamwork import ASSIGNEE_TAG, assignee_of
+    from smartmed.demo.contracting import tag_contracts
+
+    bundles = list(generate_county(residents=60, seed=SEED))
+    targets: dict[str, str] = {}
+    for bundle in bundles[1:]:
+        for item in bundle["entry"]:
+            resource = item["resource"]
+            if resource["resourceType"] == "Contract":
+                for ref in (team_of(resource), assignee_of(resource)):
+                    assert ref is not None and "?identifier=" in ref
+                    kind = ref.split("?", 1)[0]
+                    targets.setdefault(ref, f"{kind}/{kind.lower()}-{len(targets)}")
+    tagged = 0
+    for bundle in bundles[1:]:
+        tagged += tag_contracts(bundle, targets)
+        for item in bundle["entry"]:
+            resource = item["resource"]
+            if resource["resourceType"] != "Contract":
+                continue
+            tags = {t["system"]: t["code"] for t in resource["meta"]["tag"]}
+            team = targets[str(team_of(resource))]
+            assert tags[TEAM_TAG] == team.split("/", 1)[1]
+            assert tags[ASSIGNEE_TAG] == targets[str(assignee_of(resource))]
+    assert tagged > 0

@@ -9,6 +9,17 @@ the programme a history the workbenches and contract analytics can show
   Bundle with ``ifNoneExist`` on its identifiers, so a catalogue already seeded is
   reused; contracts and orders name packages and prices by conditional reference on
   that identifier (``PlanDefinition?identifier=urn:smartmed:service-package|basic``);
+* every contract is shaped as ``contracting`` writes one signed through the module
+  (``contracts.new_contract`` + ``execute``): the team extension (with the team's name),
+  the signing method (``qr-card`` or ``portal``), type, subject, authority, ``issued``
+  and ``author``, the resident's ``PAT`` signer with the typed-name electronic signature
+  and the accepting doctor's ``HPROV`` signer, a one-year ``applies``
+  (``one_year_after``), and the doctor who signed as the member responsible for the
+  resident (``teamwork`` assignment, by the team leader), so each doctor's workbench
+  lists their residents. Only the ``meta.tag``s (team, member responsible) are missing:
+  their codes are server-assigned ids, which a pure generator cannot know;
+  :func:`tag_contracts` adds them from the loader's resolved references (the module's
+  readers find untagged contracts through the team's organisation meanwhile);
 * every contract names a package (``PACKAGE_EXT``): the free basic package for most,
   a paid one for a minority of hypertension, diabetes and older patients; a paid
   package's purchase is a ChargeItem (billed) and an Invoice (balanced, tag
@@ -28,19 +39,26 @@ between teams and residents; none is a published statistic.
 
 from __future__ import annotations
 
-import copy
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from smartmed.contracting.contracts import (
+    AUTHOR_SIGNATURE,
+    METHOD_EXT,
     PACKAGE_EXT,
-    REASON_EXT,
-    REASON_SYSTEM,
     REPLACES_EXT,
     TEAM_EXT,
+    TYPE_SYSTEM,
+    Signature,
+    instant,
+    one_year_after,
+    resident_signer,
+    set_reason,
+    signer_entry,
 )
 from smartmed.contracting.packages import (
     ITEM_SYSTEM,
@@ -52,6 +70,7 @@ from smartmed.contracting.packages import (
     price_body,
 )
 from smartmed.contracting.services import SERVICE_EXT
+from smartmed.contracting.teamwork import ASSIGNMENT_EXT
 from smartmed.demo.codes import (
     CARE_TEAM_SYSTEM,
     ENCOUNTER_TYPE_SYSTEM,
@@ -93,6 +112,13 @@ TERMINATION_REASONS = (  # codes of contracts.TERMINATION_REASONS; weights assum
 # a served contract's eligible visits in its term, this share is recorded against it.
 NEVER_SERVED_SHARE = 0.2
 RECORDED_SHARE = 0.8
+
+# How residents signed (contract-signing-method): scanning the doctor's business card at
+# a village visit, or applying in the portal. Decided by a hash of the resident's entry
+# (no draw from the programme's random stream, so the other figures stay as they were).
+QR_CARD_SHARE = 0.7
+CHINA = timezone(timedelta(hours=8))
+SIGNING_TIME = time(9, 0)  # signed at 09:00 local time on the first day of the term
 
 DEMO_ORDER_SYSTEM = "urn:smartmed:demo-order"  # not payments' order ids: no order row
 HBA1C_PROCEDURE = (SNOMED, "43396009", "Hemoglobin A1c measurement")
@@ -187,16 +213,24 @@ class Programme:
         rng, as_of = self.rng, self.gen.as_of
         terms: list[_Term] = []
         if signed:
-            current = self._term(self.gen._contract(person, patient_url, township, gp), person)
+            current = self._term(
+                self.gen._contract(person, patient_url, township, gp),
+                person,
+                patient_url,
+                township,
+                gp,
+            )
             draw = rng.random()
             if draw < RENEWAL_SHARE:
-                previous = self._copy(current, person, township, gp)
+                previous = self._copy(current, person, patient_url, township, gp)
                 self._dates(previous, current.start - timedelta(days=365), current.start)
                 self._replaces(current, previous, "renewal")
                 terms.append(previous)
             elif draw < RENEWAL_SHARE + TRANSFER_SHARE and len(self.gen.townships) > 1:
                 other = rng.choice([t for t in self.gen.townships if t is not township])
-                previous = self._copy(current, person, other, rng.choice(other.doctors))
+                previous = self._copy(
+                    current, person, patient_url, other, rng.choice(other.doctors)
+                )
                 start = current.start - timedelta(days=rng.randint(30, 330))
                 self._dates(previous, start, current.start)
                 self._terminate(previous, "transfer", None)
@@ -206,7 +240,13 @@ class Programme:
         else:
             draw = rng.random()
             if draw < TERMINATED_SHARE + LAPSED_SHARE:
-                past = self._term(self.gen._contract(person, patient_url, township, gp), person)
+                past = self._term(
+                    self.gen._contract(person, patient_url, township, gp),
+                    person,
+                    patient_url,
+                    township,
+                    gp,
+                )
                 if draw < TERMINATED_SHARE:
                     start = as_of - timedelta(days=rng.randint(120, 700))
                     ended = start + timedelta(days=rng.randint(30, 110))
@@ -230,18 +270,80 @@ class Programme:
 
     # -- contracts ---------------------------------------------------------------
 
-    def _term(self, contract_entry: Resource, person: Person) -> _Term:
-        applies = contract_entry["resource"]["applies"]
+    def _term(
+        self,
+        contract_entry: Resource,
+        person: Person,
+        patient_url: str,
+        township: Township,
+        gp: Staff,
+    ) -> _Term:
+        """The generator's contract, shaped as ``contracting`` writes one signed by the
+        resident and accepted by ``gp`` (docs/contracting.md, "The contract in FHIR"), with
+        its package and ``gp`` as the member responsible for the resident."""
+        start = date.fromisoformat(contract_entry["resource"]["applies"]["start"])
         package = self.packages[self._choose(person)]
-        contract_entry["resource"]["extension"].append(
-            {"url": PACKAGE_EXT, "valueReference": {"reference": package_ref(package.code)}}
-        )
-        return _Term(
-            contract_entry,
-            date.fromisoformat(applies["start"]),
-            date.fromisoformat(applies["end"]) + timedelta(days=1),
-            package,
-        )
+        term = _Term(contract_entry, start, start, package)
+        self._shape(term, person, patient_url, township, gp)
+        self._dates(term, start, one_year_after(start) + timedelta(days=1))
+        return term
+
+    @staticmethod
+    def _shape(
+        term: _Term, person: Person, patient_url: str, township: Township, gp: Staff
+    ) -> None:
+        """Everything but the dates (``_dates``), as ``contracts.new_contract`` and
+        ``execute`` build it; references to the team and staff stay conditional (the
+        loader resolves them)."""
+        resource = term.entry["resource"]
+        team = f"CareTeam?identifier={CARE_TEAM_SYSTEM}|{township.code}-FDT"
+        doctor = staff_ref(gp.code, gp.person.name)["reference"]
+        leader = staff_ref(township.team[0].code, township.team[0].person.name)["reference"]
+        digest = zlib.crc32(patient_url.encode()) % 1000
+        method = "qr-card" if digest < QR_CARD_SHARE * 1000 else "portal"
+        at = datetime.combine(term.start, SIGNING_TIME, CHINA)
+        resource["extension"] = [
+            {
+                "url": TEAM_EXT,
+                "valueReference": {
+                    "reference": team,
+                    "display": f"{township.name}家庭医生签约服务团队",
+                },
+            },
+            {"url": METHOD_EXT, "valueCode": method},
+            {"url": PACKAGE_EXT, "valueReference": {"reference": package_ref(term.package.code)}},
+            {  # teamwork.assign: the doctor who signed is responsible for the resident
+                "url": ASSIGNMENT_EXT,
+                "extension": [
+                    {"url": "member", "valueReference": {"reference": doctor}},
+                    {"url": "period", "valuePeriod": {"start": instant(at)}},
+                    {"url": "by", "valueReference": {"reference": leader}},
+                ],
+            },
+        ]
+        resource["type"] = {
+            "coding": [
+                {
+                    "system": TYPE_SYSTEM,
+                    "code": "family-doctor",
+                    "display": "Family doctor contract",
+                }
+            ],
+            "text": "家庭医生签约服务",
+        }
+        resource["subject"] = [{"reference": patient_url}]
+        resource["authority"] = [{"reference": org_ref(township.code)["reference"]}]
+        resource["author"] = {"reference": doctor}
+        resource["signer"] = [
+            resident_signer(
+                signer=patient_url,
+                patient=patient_url,
+                agent=False,
+                signature=Signature(person.name, True),
+                at=at,
+            ),
+            signer_entry(who=doctor, kind="HPROV", signature_type=AUTHOR_SIGNATURE, at=at),
+        ]
 
     def _choose(self, person: Person) -> str:
         rng = self.rng
@@ -253,25 +355,30 @@ class Programme:
             return "elderly"
         return "basic"
 
-    def _copy(self, current: _Term, person: Person, township: Township, gp: Staff) -> _Term:
-        """An earlier contract of the same resident with ``township``'s team."""
-        resource: Resource = copy.deepcopy(current.entry["resource"])
-        team = f"CareTeam?identifier={CARE_TEAM_SYSTEM}|{township.code}-FDT"
-        for ext in resource["extension"]:
-            if ext["url"] == TEAM_EXT:
-                ext["valueReference"] = {"reference": team}
-        resource["authority"] = [org_ref(township.code)]
-        resource["author"] = staff_ref(gp.code, gp.person.name)
-        return _Term(
+    def _copy(
+        self, current: _Term, person: Person, patient_url: str, township: Township, gp: Staff
+    ) -> _Term:
+        """An earlier contract of the same resident with ``township``'s team (signed with
+        ``gp``; dated by ``_dates``)."""
+        resource: Resource = {
+            "resourceType": "Contract",
+            "status": "executed",
+            "applies": dict(current.entry["resource"]["applies"]),
+        }
+        term = _Term(
             entry(resource, self.gen.full_url()), current.start, current.end, current.package
         )
+        self._shape(term, person, patient_url, township, gp)
+        return term
 
     @staticmethod
     def _dates(term: _Term, start: date, end: date) -> None:
+        """Signed and accepted at 09:00 (China time) on ``start``; ``end`` is exclusive
+        (``applies.end`` is the term's last day, as ``contracts.execute`` writes it)."""
         resource = term.entry["resource"]
-        signed = f"{start.isoformat()}T09:00:00+08:00"
+        signed = instant(datetime.combine(start, SIGNING_TIME, CHINA))
         resource["issued"] = signed
-        last = end - timedelta(days=1)  # applies.end is the term's last day (inclusive)
+        last = end - timedelta(days=1)
         resource["applies"] = {"start": start.isoformat(), "end": last.isoformat()}
         resource["signer"] = [
             {
@@ -280,18 +387,22 @@ class Programme:
             }
             for s in resource["signer"]
         ]
+        for ext in resource["extension"]:
+            if ext["url"] == ASSIGNMENT_EXT:
+                for part in ext["extension"]:
+                    if part["url"] == "period":
+                        part["valuePeriod"] = {"start": signed}
         term.start, term.end = start, end
 
     @staticmethod
     def _terminate(term: _Term, code: str, text: str | None) -> None:
-        """Ended early on ``term.end`` (an instant, as ``lifecycle`` writes it)."""
+        """Ended early at the start of ``term.end`` (China time), an instant as
+        ``lifecycle`` writes it."""
         resource = term.entry["resource"]
         resource["status"] = "terminated"
-        resource["applies"]["end"] = f"{term.end.isoformat()}T00:00:00+08:00"
-        reason: Resource = {"coding": [{"system": REASON_SYSTEM, "code": code}]}
-        if text:
-            reason["text"] = text
-        resource["extension"].append({"url": REASON_EXT, "valueCodeableConcept": reason})
+        ended = datetime.combine(term.end, time(0), CHINA)
+        resource["applies"]["end"] = instant(ended)
+        set_reason(resource, code, text)
 
     @staticmethod
     def _replaces(term: _Term, previous: _Term, reason: str) -> None:
@@ -335,6 +446,7 @@ class Programme:
             "identifier": [{"system": DEMO_ORDER_SYSTEM, "value": order}],
             "status": "balanced",
             "subject": {"reference": patient_url, "display": person.name},
+            "recipient": {"reference": patient_url},  # the resident paid (payments.payers)
             "date": paid,
             "lineItem": [
                 {
@@ -436,6 +548,42 @@ class Programme:
         record = entry(resource, self.gen.full_url())
         _mark(record, term.entry["fullUrl"], item)
         return record
+
+
+def tag_contracts(bundle: Resource, targets: dict[str, str]) -> int:
+    """Give every Contract of ``bundle`` the ``meta.tag``s contracting writes — the team
+    (``urn:smartmed:contract-team|<CareTeam id>``) and the member responsible
+    (``urn:smartmed:contract-assignee|Practitioner/<id>``) — once the ids are known:
+    ``targets`` maps conditional references to literal ones (``CareTeam?identifier=…`` →
+    ``CareTeam/7``), as the loader has them after loading the organisations. For the
+    loader (``demo/load.py``) to call next to ``resolve_references``; the generator
+    cannot, having no ids. How many Contracts were tagged."""
+    from smartmed.contracting.contracts import TEAM_TAG
+    from smartmed.contracting.teamwork import ASSIGNEE_TAG, assignee_of
+
+    tagged = 0
+    for item in bundle.get("entry", []):
+        resource = item.get("resource") or {}
+        if resource.get("resourceType") != "Contract":
+            continue
+        team_ext = next((e for e in resource.get("extension", []) if e["url"] == TEAM_EXT), None)
+        team = str(((team_ext or {}).get("valueReference") or {}).get("reference", ""))
+        team = targets.get(team, team)
+        member = assignee_of(resource) or ""
+        member = targets.get(member, member)
+        tags = [
+            t
+            for t in (resource.get("meta") or {}).get("tag", [])
+            if t.get("system") not in (TEAM_TAG, ASSIGNEE_TAG)
+        ]
+        if team.startswith("CareTeam/"):
+            tags.append({"system": TEAM_TAG, "code": team.split("/", 1)[1]})
+        if member.startswith("Practitioner/"):
+            tags.append({"system": ASSIGNEE_TAG, "code": member})
+        if tags:
+            resource["meta"] = {**(resource.get("meta") or {}), "tag": tags}
+            tagged += 1
+    return tagged
 
 
 def _mark(record: Resource, contract_url: str, item: str) -> None:
