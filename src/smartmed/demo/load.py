@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from smartmed.demo.generator import generate_county
 from smartmed.fhir import bundles
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.storage.migrate import is_current, migrate
-from smartmed.fhir.storage.pipeline import load_transactions
+from smartmed.fhir.storage.pipeline import load_transactions, quiet_gc
 from smartmed.fhir.storage.tables import resource
 
 Bundle = dict[str, Any]
@@ -248,23 +249,26 @@ async def load_county(
         raise ValueError("several loader processes need PostgreSQL (SQLite has one writer)")
     report = LoadReport(residents=residents)
     started, cpu_started = time.perf_counter(), time.process_time()
-    county = generate_county(residents=residents, seed=seed)
-    organisations = next(county)
-    response = await _transaction(engine, organisations)
-    report.references = conditional_targets(organisations, _tally(organisations, response, report))
-    targets = report.references if resolve else {}
-    with progress(residents, "residents") if show_progress else _silent() as advance:
-        if bulk:  # the references are resolved while each bundle is planned
-            chunks = merge(_households(county, report, {}), households_per_transaction)
-            await _send_bulk(engine, chunks, report, concurrency, workers, targets, advance)
-        elif processes > 1:
-            await _load_in_processes(
-                engine, report, seed, households_per_transaction, in_flight, processes,
-                targets, advance,
-            )  # fmt: skip
-        else:
-            chunks = merge(_households(county, report, targets), households_per_transaction)
-            await _send(engine, chunks, report, in_flight, advance)
+    # The bulk path's loading process: the collector kept off the engine's definitions.
+    with quiet_gc() if bulk else nullcontext():
+        county = generate_county(residents=residents, seed=seed)
+        organisations = next(county)
+        response = await _transaction(engine, organisations)
+        tally = _tally(organisations, response, report)
+        report.references = conditional_targets(organisations, tally)
+        targets = report.references if resolve else {}
+        with progress(residents, "residents") if show_progress else _silent() as advance:
+            if bulk:  # the references are resolved while each bundle is planned
+                chunks = merge(_households(county, report, {}), households_per_transaction)
+                await _send_bulk(engine, chunks, report, concurrency, workers, targets, advance)
+            elif processes > 1:
+                await _load_in_processes(
+                    engine, report, seed, households_per_transaction, in_flight, processes,
+                    targets, advance,
+                )  # fmt: skip
+            else:
+                chunks = merge(_households(county, report, targets), households_per_transaction)
+                await _send(engine, chunks, report, in_flight, advance)
     await engine.db.analyze()  # the planner's statistics for the new rows
     report.seconds = time.perf_counter() - started
     report.cpu_seconds += time.process_time() - cpu_started

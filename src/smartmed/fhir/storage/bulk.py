@@ -171,40 +171,58 @@ def plan_transaction(
         if entry.resource.get("resourceType") != entry.type_:
             return None
     creates = [Create(e.type_, new_id(), cast(dict[str, Any], e.resource)) for e in entries]
-    mapping = dict(known) if known else {}
-    mapping |= {
+    mapping = {
         e.full_url: f"{c.type_}/{c.id_}"
         for e, c in zip(entries, creates, strict=True)
         if e.full_url
     }
     found: list[tuple[dict[str, Any], str]] = []
+    known = known or {}
     for create in creates:
-        if not _collect(create.body, mapping, found):
+        if not _collect(create.body, mapping, known, found):
             return None
     rewritten = []
     for node, target in found:
         rewritten.append((node, node["reference"]))
         node["reference"] = target
+    rewritten.reverse()  # restored last first: a node met twice gets its first value back
     return Plan(creates, rewritten)
 
 
-def _collect(node: Any, mapping: dict[str, str], found: list[tuple[dict[str, Any], str]]) -> bool:
-    """Gather the references to rewrite; False when one needs the database (or is bad)."""
+_CONTAINERS = (dict, list)
+
+
+def _collect(
+    node: Any,
+    mapping: dict[str, str],
+    known: dict[str, str],
+    found: list[tuple[dict[str, Any], str]],
+) -> bool:
+    """Gather the references to rewrite (the bundle's full URLs in ``mapping`` first, then
+    ``known``); False when one needs the database (or is bad)."""
     if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                target = mapping.get(value)
-                if target is not None:
-                    found.append((node, target))
-                elif value.startswith(("urn:uuid:", "urn:oid:")):
-                    return False  # not in the bundle: the ordinary path reports it
-                elif "?" in value and "/" not in value.split("?", 1)[0]:
-                    return False  # a conditional reference: a search
-            elif isinstance(value, dict | list) and not _collect(value, mapping, found):
-                return False
+        value = node.get("reference")
+        if isinstance(value, str):
+            target = mapping.get(value)
+            if target is None:
+                target = known.get(value)
+            if target is not None:
+                found.append((node, target))
+            elif value.startswith(("urn:uuid:", "urn:oid:")):
+                return False  # not in the bundle: the ordinary path reports it
+            elif "?" in value and "/" not in value.split("?", 1)[0]:
+                return False  # a conditional reference: a search
+        for value in node.values():
+            if isinstance(value, dict):
+                if not _collect(value, mapping, known, found):
+                    return False
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, _CONTAINERS) and not _collect(item, mapping, known, found):
+                        return False
     elif isinstance(node, list):
         for item in node:
-            if not _collect(item, mapping, found):
+            if isinstance(item, _CONTAINERS) and not _collect(item, mapping, known, found):
                 return False
     return True
 
