@@ -174,6 +174,9 @@ class IndexExtractor:
         self._registry = registry
         self._fast = fast  # False: fhirpathpy only, the reference path for tests and bench
         self._plans: dict[str, tuple[_Plan, _CompositePlan, bool, bool]] = {}
+        # Per type: the plan positions each top-level key makes possible, and those
+        # possible whatever the keys (no required keys known).
+        self._by_key: dict[str, tuple[dict[str, list[int]], list[int]]] = {}
         self._converted: _Converted = {}
         support.prepare(registry, None)
 
@@ -207,6 +210,14 @@ class IndexExtractor:
                 evaluator, keys = compile_fhirpathpy(expression), None
             plan.append((code, param.type, evaluator, keys))
         found = (plan, composites, "_text" in params, "_content" in params)
+        by_key: dict[str, list[int]] = {}
+        always: list[int] = []
+        for position, (_, _, _, keys) in enumerate(plan):
+            if keys is None:
+                always.append(position)
+            for key in keys or ():
+                by_key.setdefault(key, []).append(position)
+        self._by_key[resource_type] = (by_key, always)
         self._plans[resource_type] = found
         return found
 
@@ -234,13 +245,16 @@ class IndexExtractor:
     ) -> None:
         out = index.values
         plan, composites, text, content = self._plan(resource_type)
-        for code, kind, evaluator, keys in plan:
-            if keys is not None:
-                for key in keys:
-                    if key in resource:
-                        break
-                else:
-                    continue
+        # The parameters one of whose required keys is present (or with none known), in
+        # plan order: a resource has a dozen keys, a type's plan several dozen entries.
+        by_key, always = self._by_key[resource_type]
+        positions = set(always)
+        for key in resource:
+            found = by_key.get(key)
+            if found is not None:
+                positions.update(found)
+        for position in sorted(positions):
+            code, kind, evaluator, _ = plan[position]
             try:
                 nodes = evaluator(resource)
             except Exception:  # a bad expression or odd data must not block the write

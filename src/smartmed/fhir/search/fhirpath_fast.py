@@ -515,6 +515,21 @@ def compile_fhirpathpy(expression: str) -> Evaluator:
 
 
 _FIRST_MEMBER = re.compile(r"\(*([A-Z]\w*)\.(\w+)(?![\w(])")
+# The first member filtered by type at once: `(Observation.value as Quantity)`,
+# `Observation.value.ofType(Quantity)`.
+_FIRST_AS = re.compile(r"\(*[A-Z]\w*\.\w+(?:\s+as\s+|\.as\(|\.ofType\()([A-Za-z][\w.]*)")
+
+
+def _typed_keys(part: str, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The candidates a type filter right after the first member can let through: only
+    the JSON keys of that type (an element typed by its own ``resourceType`` aside)."""
+    typed = _FIRST_AS.match(part)
+    if typed is None:
+        return candidates
+    target = typed.group(1)
+    if any(is_type(t, target) for t in RESOURCE_TYPES) or is_type("Resource", target):
+        return candidates
+    return [c for c in candidates if is_type(c[1], target)]
 
 
 def required_keys(expression: str, resource_type: str) -> tuple[str, ...] | None:
@@ -530,7 +545,8 @@ def required_keys(expression: str, resource_type: str) -> tuple[str, ...] | None
         match = _FIRST_MEMBER.match(part)
         if match is None or match.group(1) != resource_type:
             return None
-        keys += [json_key for json_key, _ in _candidates(resource_type, match.group(2))]
+        candidates = _typed_keys(part, _candidates(resource_type, match.group(2)))
+        keys += [json_key for json_key, _ in candidates]
     return tuple(dict.fromkeys(keys))
 
 
