@@ -65,6 +65,7 @@ AGREE_ZH = "我已阅读并同意家庭医生签约服务协议"
 SIGNATURE_EN = "Signature: type the full name of the person signing"
 AGREE_EN = "I have read the family-doctor service agreement and agree to it."
 
+ID_P8 = "330106198806150072"
 # p4 (born 1940) delegated signing to her son, a RelatedPerson with his own account.
 EXTRA: list[dict[str, Any]] = [
     {
@@ -92,6 +93,50 @@ EXTRA: list[dict[str, Any]] = [
         "birthDate": "1945-09-09",
     },
     {**delegation("p7", "Patient/p5", ("view-records", "sign-on-behalf")), "id": "consent7"},
+    # p8 shared her records with the township health centre, so its doctors find her
+    # (synthetic ID number with a valid check character, synthetic phone).
+    {
+        "resourceType": "Patient",
+        "id": "p8",
+        "identifier": [{"system": "urn:smartmed:id:resident", "value": ID_P8}],
+        "name": [{"family": "王", "given": ["p8"]}],
+        "telecom": [{"system": "phone", "value": "13800008888", "use": "mobile"}],
+        "birthDate": "1988-06-15",
+    },
+    {
+        "resourceType": "Consent",
+        "id": "share-p8",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [
+            {"coding": [{"system": "urn:smartmed:consent-category", "code": "institution-sharing"}]}
+        ],
+        "patient": {"reference": "Patient/p8"},
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2020-01-01", "end": "2099-01-01"},
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": {"reference": "Organization/town"},
+                }
+            ],
+        },
+    },
 ]
 
 
@@ -368,6 +413,38 @@ def test_doctor_signs_a_resident_present_in_person(live: Live, chromium: Any) ->
     phone_watch.check()
     doctor_ctx.close()
     phone_ctx.close()
+
+
+def test_doctor_finds_the_resident_by_id_number_and_signs(live: Live, chromium: Any) -> None:
+    doctor_ctx, doctor, doctor_watch = _doctor(chromium, live)
+    doctor.goto(live.base + "/contracting/team")
+    find = doctor.get_by_role("form", name="Find the resident")
+    find.get_by_label("Resident ID number").fill(ID_P8)
+    find.get_by_role("button", name="Search").click()
+    found = doctor.locator('[data-testid=found][data-patient="Patient/p8"]')
+    expect(found).to_have_count(1)
+    expect(found.get_by_test_id("masked-id")).to_have_text("330***********0072")
+    expect(found.get_by_test_id("masked-phone")).to_have_text("138****8888")
+    assert ID_P8 not in doctor.content()
+    form = doctor.get_by_role("form", name="Sign a resident in person")
+    expect(form.get_by_role("radio", name=re.compile("王p8|p8 王|王 p8"))).to_be_checked()
+    shot(doctor, "in-person-found")
+    form.get_by_label(SIGNATURE_EN).fill("王 p8")
+    form.get_by_label(AGREE_EN, exact=False).check()
+    form.get_by_role("button", name="Sign the contract").click()
+    expect(doctor.get_by_test_id("done")).to_have_text("The contract was signed.")
+    (contract,) = contracts(live, "Patient/p8")
+    assert contract["status"] == "executed" and _method(contract) == "in-person"
+    # A resident the centre may not reach is not found, however exact the number.
+    doctor.get_by_role("form", name="Find the resident").get_by_label("Resident ID number").fill(
+        "110105196001010332"
+    )
+    doctor.get_by_role("form", name="Find the resident").get_by_role(
+        "button", name="Search"
+    ).click()
+    expect(doctor.get_by_test_id("find-none")).to_be_visible()
+    doctor_watch.check()
+    doctor_ctx.close()
 
 
 def test_share_link_from_one_resident_to_another(live: Live, chromium: Any) -> None:
