@@ -22,7 +22,10 @@ Service API (``from smartmed.payments import service as payments``)::
     # In the caller's transaction (writes the order row, ChargeItem, Invoice status draft):
     order = await payments.create_order(
         engine, conn,
-        subject="Patient/12",                 # who pays (Patient)
+        subject="Patient/12",                 # who pays: the resident, or a representative
+                                              # (RelatedPerson) with sign-on-behalf (payers.py)
+        beneficiary="Patient/12",             # whom it is for (default: subject; required
+                                              # when a RelatedPerson pays)
         target="Contract/9",                  # what it pays for (any reference)
         description="高血压随访包 (1 year)",    # shown on the checkout page
         amount=Decimal("120.00"),             # CNY, > 0, at most 2 decimals
