@@ -27,7 +27,7 @@ class PaymentEvent:
     name: str  # payment.paid | payment.fulfilled | payment.refunded | payment.expired
     order_id: str
     state: str
-    subject: str  # Patient/12
+    subject: str  # the payer: Patient/12, or a representative RelatedPerson/4
     target: str  # what it pays for: Contract/9
     purpose: str
     amount: Decimal  # CNY

@@ -32,7 +32,7 @@ payment_order = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("key", String(255), nullable=True),  # the caller's idempotency key
-    Column("subject", String(REF_LEN), nullable=False),  # Patient/12: who pays
+    Column("subject", String(REF_LEN), nullable=False),  # who pays: Patient/12, RelatedPerson/4
     Column("target", String(REF_LEN), nullable=False),  # Contract/9: what it pays for
     Column("purpose", String(64), nullable=False),
     Column("description", String(500), nullable=False),
