@@ -12,7 +12,10 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import select
 
+from smartmed.audit.record import from_body
+from smartmed.audit.tables import audit_log
 from smartmed.contracting import service
 from smartmed.contracting.contracts import Signature
 from smartmed.fhir.context import FhirEngine
@@ -200,6 +203,22 @@ async def test_find_residents_through_the_api(portal_app: FastAPI) -> None:
         resident = await _bearer(portal_app, "Patient/find-q1", "resident", None)
         status, body = await _find(c, resident, idNumber=ID_Q1)
         assert status == 403
+    # Each search is audited with the residents found, never with the number typed.
+    engine: FhirEngine = portal_app.state.fhir
+    async with engine.db.read() as conn:
+        bodies = [
+            b
+            for b in (await conn.execute(select(audit_log.c.body))).scalars().all()
+            if "find the resident to sign in person" in b
+        ]
+    assert bodies and not any(ID_Q1 in b or "13800001111" in b for b in bodies)
+    records = [from_body(b) for b in bodies]
+    assert any(
+        r.patients == ("Patient/find-q1",)
+        and r.query == "Patient?identifier=*"
+        and r.agent == "Practitioner/find-doc"
+        for r in records
+    )
 
 
 def _ids_and_labels(html: str) -> tuple[Counter[str], list[str]]:

@@ -17,6 +17,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from smartmed.audit.record import from_body
+from smartmed.audit.tables import audit_log
 from smartmed.contracting import packages, service
 from smartmed.contracting.contracts import package_of
 from smartmed.fhir.context import FhirEngine
@@ -123,6 +125,14 @@ async def test_representative_pays_for_the_parents_package(
     assert invoice["recipient"] == {"reference": c["son"]}
     await pay(engine, order.id)
     assert package_of(await read_contract(engine, cid)) == c["hypertension"]
+    # The callback's audit record names the resident whose Invoice it is, not the payer.
+    async with engine.db.read() as conn:
+        audited = [
+            from_body(b)
+            for b in (await conn.execute(select(audit_log.c.body))).scalars().all()
+            if '"payment-callback"' in b and order.invoice in b
+        ]
+    assert audited and all(r.patients == (c["p1"],) for r in audited)
     async with engine.db.read() as conn:
         paid = await payments.get_order(conn, order.id)
     assert paid is not None and paid.state == "fulfilled"

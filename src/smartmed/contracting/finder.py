@@ -16,7 +16,8 @@ contracted residents, those who shared their records with the doctor's instituti
 break-the-glass grants (docs/access.md). Nothing here widens that.
 
 Results show identifiers and phones masked (``110***********1234``, ``138****5678``);
-the full values never leave the server on this path.
+the full values never leave the server on this path. Each search is audited (who, the
+kind of search, the residents found; never the number typed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from smartmed.crypto.masking import mask_id, mask_phone
 from smartmed.crypto.policy import is_id_number
 from smartmed.fhir.context import FhirEngine
 from smartmed.fhir.errors import Invalid
-from smartmed.fhir.hooks import current_access
+from smartmed.fhir.hooks import AuditRecord, current_access
+from smartmed.fhir.model import utcnow
 from smartmed.fhir.search.service import search_bundle
 from smartmed.identity.principal import Principal
 
@@ -157,4 +159,32 @@ async def find_residents(
         for e in bundle.get("entry", [])
         if (e.get("search") or {}).get("mode") == "match"
     ]
+    await _audit(engine, principal, params, found)
     return sorted(found, key=lambda f: (f.name, f.patient))
+
+
+async def _audit(
+    engine: FhirEngine, principal: Principal, params: list[tuple[str, str]], found: list[Found]
+) -> None:
+    """Who looked for a resident and whom they found: an audit record (search-type) per
+    search, naming the residents found; the query keeps the parameter names only, never
+    the ID number or phone typed."""
+    if engine.audit is None:
+        return
+    patients = tuple(f.patient for f in found)
+    await engine.audit.record(
+        AuditRecord(
+            action="E",
+            subtype="search-type",
+            outcome="0",
+            recorded=utcnow(),
+            agent=principal.fhir_user,
+            account=principal.subject,
+            client_id=principal.client_id,
+            roles=tuple(str(r.role) for r in principal.roles),
+            entities=patients,
+            patients=patients,
+            query="Patient?" + "&".join(f"{name}=*" for name, _ in params),
+            detail="contracting: find the resident to sign in person",
+        )
+    )

@@ -150,13 +150,20 @@ async def handle_callback(
                 )
             )
         ).first()
+        # The audit names the resident whose record this is (the Invoice's subject), not
+        # the payer, who may be a representative (RelatedPerson).
+        patient = (
+            await service.beneficiary_of(engine, conn, subject.invoice_id, subject.subject)
+            if subject
+            else None
+        )
     level = log.info if _AUDIT_OUTCOME.get(outcome, "4") == "0" else log.warning
     level("payment callback", outcome=outcome, order=order_id, kind=notice.event)
     await _audit(
         engine,
         outcome,
         f"Invoice/{subject.invoice_id}" if subject else None,
-        subject.subject if subject else None,
+        patient,
         f"{notice.event} callback: {outcome}",
         source_ip,
     )

@@ -20,12 +20,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smartmed.fhir.context import FhirEngine
-from smartmed.fhir.errors import Conflict, Invalid, NotFound
+from smartmed.fhir.errors import Conflict, FhirError, Invalid, NotFound
 from smartmed.fhir.hooks import current_access
 from smartmed.fhir.model import utcnow
 from smartmed.fhir.repository import Repository, new_id
@@ -82,6 +83,23 @@ async def get_order(conn: AsyncConnection, order_id: str) -> Order | None:
     """The order, or None."""
     row = (await conn.execute(select(payment_order).where(payment_order.c.id == order_id))).first()
     return None if row is None else Order.from_row(row)
+
+
+async def beneficiary_of(
+    engine: FhirEngine, conn: AsyncConnection, invoice_id: str, payer: str
+) -> str | None:
+    """The resident an order is for: its Invoice's subject (the payer may be their
+    representative); the payer if it is a Patient and the Invoice cannot be read."""
+    try:
+        with as_platform():
+            stored = await _repo(engine, conn).read("Invoice", invoice_id)
+        invoice = orjson.loads(stored.content or "{}")
+        found = str((invoice.get("subject") or {}).get("reference", ""))
+        if found.startswith("Patient/"):
+            return found
+    except FhirError:
+        pass
+    return payer if payer.startswith("Patient/") else None
 
 
 async def list_orders(
