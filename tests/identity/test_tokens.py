@@ -155,6 +155,25 @@ async def test_key_rotation_keeps_old_tokens_valid(auth_app: FastAPI, identity: 
     assert all("d" not in k for k in (await identity.keys.jwks())["keys"])  # no private parts
 
 
+async def test_a_remembered_token_expires_and_keeps_its_audience(
+    auth_app: FastAPI, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token validated once is refused once it expires (the cache keeps no token alive),
+    and passing for one audience does not make it pass for another."""
+    now = int(time.time())
+    claims = await _claims(identity, exp=now + 60)
+    token = await identity.tokens.sign(claims)
+    assert (await _get(auth_app, token)).status_code == 200
+    assert (await _get(auth_app, token)).status_code == 200  # served from the cache
+    checks = identity.tokens
+    with pytest.raises(Exception, match="aud"):
+        await checks.validate(token, issuer=BASE, audience="https://elsewhere.example.org/fhir")
+    import smartmed.identity.tokens as tokens_module
+
+    monkeypatch.setattr(tokens_module.time, "time", lambda: now + 60 + tokens_module.LEEWAY + 5)
+    _assert_401(await _get(auth_app, token), "expired")
+
+
 async def test_a_remembered_token_is_still_checked_on_every_request(
     auth_app: FastAPI, identity: Identity
 ) -> None:

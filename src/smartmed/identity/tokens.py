@@ -129,7 +129,8 @@ class KeyStore:
 REVOCATION_REFRESH_SECONDS = 1.0
 # Tokens whose signature was verified, remembered so that a client's next requests with
 # the same token skip the ECDSA verification (the largest part of checking a token);
-# expiry, issuer, audience and revocation are still checked on every request.
+# revocation, expiry and the signing key are still checked on every request (the claims
+# registry's issuer and audience checks once per token, issuer and audience).
 VERIFIED_TOKENS = 4096
 
 
@@ -143,6 +144,8 @@ class TokenService:
         self._revoked: set[str] = set()
         self._revoked_at = float("-inf")
         self._verified: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        # (token, issuer, audience) -> (kid, claims) of tokens that passed every check.
+        self._valid: dict[tuple[str, str, str], tuple[str | None, dict[str, Any]]] = {}
 
     async def sign(self, claims: dict[str, Any]) -> str:
         key = await self.keys.signing()
@@ -224,6 +227,19 @@ class TokenService:
 
     async def validate(self, token: str, *, issuer: str, audience: str) -> dict[str, Any]:
         """The claims of a valid, unrevoked access token for ``audience``; else 401."""
+        key = (token, issuer, audience)
+        hit = self._valid.get(key)
+        if hit is not None:
+            # Validated before for this issuer and audience: what can have changed since
+            # is the time (expiry), the signing key (retired) and revocation.
+            kid, claims = hit
+            if (
+                time.time() <= int(claims["exp"]) + LEEWAY
+                and self.keys.knows(kid)
+                and not await self.is_revoked(str(claims["jti"]))
+            ):
+                return dict(claims)
+            del self._valid[key]  # the full checks below give the reason
         claims = await self.decode(token)
         registry = jwt.JWTClaimsRegistry(
             now=int(time.time()),
@@ -244,6 +260,11 @@ class TokenService:
             raise Unauthorized(f"the access token is not valid: {exc}") from None
         if await self.is_revoked(str(claims["jti"])):
             raise Unauthorized("the access token has been revoked")
+        verified = self._verified.get(token)
+        if verified is not None:
+            if len(self._valid) >= VERIFIED_TOKENS:
+                self._valid.pop(next(iter(self._valid)))  # the oldest entry
+            self._valid[key] = (verified[0], dict(claims))
         return claims
 
     async def revoke(self, claims: dict[str, Any]) -> None:
