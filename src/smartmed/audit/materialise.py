@@ -51,7 +51,8 @@ async def _create(
         await engine.repository(conn).create_many(items)
         return
     creates = [(body["resourceType"], id_ or body["id"], body) for body, id_ in items]
-    batch = bulk.prepare(services, creates, bulk.stamp_time())
+    # plain: to_audit_events builds only JSON values (dict, list, str, bool)
+    batch = bulk.prepare(services, creates, bulk.stamp_time(), plain=True)
     if batch.error is not None:
         await engine.repository(conn).create_many(items)  # raises the engine's own error
         return
