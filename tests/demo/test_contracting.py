@@ -419,6 +419,21 @@ async def test_demo_doctors_workbench_lists_their_demo_residents(county: Loaded)
     assert checked > 0
 
 
+def test_loaded_demo_contracts_carry_the_team_and_assignee_tags(county: Loaded) -> None:
+    """The loader tags every demo Contract as contracting does when it signs: the team's
+    CareTeam id and the responsible member, the same as its extension and assignment."""
+    from smartmed.contracting.contracts import TEAM_TAG, team_of
+    from smartmed.contracting.teamwork import ASSIGNEE_TAG, assignee_of
+
+    contracts = county.of("Contract")
+    assert contracts
+    for c in contracts:
+        tags = {t["system"]: t["code"] for t in c.get("meta", {}).get("tag", [])}
+        assert f"CareTeam/{tags[TEAM_TAG]}" == team_of(c), c["id"]
+        if assignee_of(c):
+            assert tags[ASSIGNEE_TAG] == assignee_of(c)
+
+
 def test_tag_contracts_adds_the_tags_the_module_writes() -> None:
     """Given the loader's resolved references, demo Contracts get the team and assignee
     tags exactly as contracting writes them (``new_contract``, ``teamwork.assign``)."""

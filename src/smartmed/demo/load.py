@@ -33,6 +33,7 @@ from sqlalchemy import select
 
 from smartmed.config import Settings
 from smartmed.console import progress
+from smartmed.demo.contracting import tag_contracts
 from smartmed.demo.generator import generate_county
 from smartmed.fhir import bundles
 from smartmed.fhir.context import FhirEngine
@@ -203,12 +204,19 @@ async def _send_bulk(
 
 
 def _households(
-    county: Iterator[Bundle], report: LoadReport, targets: dict[str, str]
+    county: Iterator[Bundle],
+    report: LoadReport,
+    targets: dict[str, str],
+    known: dict[str, str] | None = None,
 ) -> Iterator[Bundle]:
+    """The household bundles, references resolved with ``targets`` and Contracts tagged
+    (team, assignee: what contracting writes when it signs) from ``known`` ids."""
     for bundle in county:
         report.households += 1
         if targets:
             resolve_references(bundle, targets)
+        if known:
+            tag_contracts(bundle, known)
         yield bundle
 
 
@@ -259,7 +267,7 @@ async def load_county(
         targets = report.references if resolve else {}
         with progress(residents, "residents") if show_progress else _silent() as advance:
             if bulk:  # the references are resolved while each bundle is planned
-                chunks = merge(_households(county, report, {}), households_per_transaction)
+                chunks = merge(_households(county, report, {}, targets), households_per_transaction)
                 await _send_bulk(engine, chunks, report, concurrency, workers, targets, advance)
             elif processes > 1:
                 await _load_in_processes(
@@ -267,7 +275,9 @@ async def load_county(
                     targets, advance,
                 )  # fmt: skip
             else:
-                chunks = merge(_households(county, report, targets), households_per_transaction)
+                chunks = merge(
+                    _households(county, report, targets, targets), households_per_transaction
+                )
                 await _send(engine, chunks, report, in_flight, advance)
     await engine.db.analyze()  # the planner's statistics for the new rows
     report.seconds = time.perf_counter() - started
@@ -317,6 +327,7 @@ def _load_part(part: _Part, queue: Any) -> LoadReport:
                     )
                     if part.targets:
                         resolve_references(bundle, part.targets)
+                        tag_contracts(bundle, part.targets)
                     yield bundle, people
 
             await _send(engine, resolved(), report, part.concurrency, queue.put)
