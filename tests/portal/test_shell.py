@@ -161,9 +161,9 @@ async def test_navigation_and_pages_follow_the_role(portal_app: FastAPI) -> None
         resident: {"me", "access", "contract", "package"},
         nurse: {"contracting", "workbench", "team-reports", "directory"},
         admin: {"directory", "organizations", "departments", "practitioners", "teams"}
-        | {"import", "accounts", "packages", "contract-analytics"},
+        | {"import", "accounts", "packages", "contract-analytics", "refunds"},
         platform: {"directory", "organizations", "departments", "practitioners", "teams"}
-        | {"import", "accounts", "rights", "packages"},
+        | {"import", "accounts", "rights", "packages", "refunds"},
         auditor: {"directory", "audit"},
     }
     for user, keys in expected.items():
@@ -180,6 +180,7 @@ async def test_navigation_and_pages_follow_the_role(portal_app: FastAPI) -> None
                 ("/audit", "audit"),
                 ("/admin/rights", "rights"),
                 ("/record-access", "access"),
+                ("/payments/admin/refunds", "refunds"),
             ):
                 r = await c.get(path)
                 assert r.status_code == (200 if key in keys else 403), (user, path)

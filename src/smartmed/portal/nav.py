@@ -124,6 +124,14 @@ ENTRIES = (
         _("Signing, coverage, renewals and fulfilment by area and team"),
     ),
     Entry(
+        "refunds",
+        _("Failed refunds"),
+        "/payments/admin/refunds",
+        ADMINS,  # the payments module's administrators (payments.router.ADMIN_ROLES)
+        _("Work"),
+        _("Refunds the payment provider refused or never confirmed; retry them"),
+    ),
+    Entry(
         "directory",
         _("Directory"),
         "/directory/organizations",
