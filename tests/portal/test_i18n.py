@@ -18,6 +18,7 @@ def _extracted() -> set[str]:
     found = set()
     method_map = [
         ("src/smartmed/portal/**.py", "python"),
+        ("src/smartmed/contracting/*pages.py", "python"),  # as babel.cfg
         ("src/smartmed/portal/templates/**.html", "jinja2"),
     ]
     options = {"src/smartmed/portal/templates/**.html": {"extensions": "jinja2.ext.i18n"}}
