@@ -58,7 +58,7 @@ def run_duckdb(conn: duckdb.DuckDBPyConnection, compiled: CompiledView) -> Resul
 
 
 def run_resources(raw: object, resources: Iterable[dict[str, Any]]) -> Result:
-    """Run a view over resources given as dicts (in-memory DuckDB)."""
+    """Run a view over resources given as dicts (a scratch DuckDB)."""
     compiled = prepare(raw)
     conn = sources.new_duckdb()
     try:
