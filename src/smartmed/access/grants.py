@@ -4,10 +4,21 @@ When a Contract, Consent, ServiceRequest, Encounter, Appointment or MedicationRe
 written, its grants (``access_grant`` rows whose ``source`` is that resource) are replaced
 in the same transaction, so a revoked consent or a terminated contract stops access at
 once. Expressions are FHIRPath (fhirpathpy, R4 model) from the policy document.
+
+fhirpathpy costs tens of µs per evaluation, and every written resource of a granting type
+runs five or more expressions: each expression is compiled once, to the fast evaluator of
+the search indexer when it is in its subset (plain member paths walked directly; ``when``
+conditions made of ``path = 'x'``, ``path != 'x'``, ``path.exists()`` and
+``path.where(f = 'x' and ...).exists()`` joined by ``and``/``or`` to small predicates), else
+to fhirpathpy. fhirpathpy reads a primitive with a ``_name`` extension element differently
+(``status = 'x'`` is false when ``_status`` is there) and keeps nulls of lists, so a
+resource with either where a fast expression looks goes to fhirpathpy for that expression.
+tests/access/test_grants_fast.py checks both give the same grants.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,12 +35,17 @@ from smartmed.access.tables import access_grant
 from smartmed.fhir.hooks import WriteHooks
 from smartmed.fhir.model import utcnow
 from smartmed.fhir.search.convert import date_range
+from smartmed.fhir.search.fhirpath_fast import Unsupported, compile_fast
 from smartmed.fhir.storage.tables import resource
 
 _MODEL = models["r4"]
 
 
-def _compile(expression: str) -> Callable[[dict[str, Any]], list[Any]]:
+Values = Callable[[dict[str, Any]], list[Any]]
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def _compile(expression: str) -> Values:
     fn = fhirpathpy.compile(expression, _MODEL)
 
     def run(body: dict[str, Any]) -> list[Any]:
@@ -38,16 +54,283 @@ def _compile(expression: str) -> Callable[[dict[str, Any]], list[Any]]:
     return run
 
 
+class _Fallback(Exception):
+    """The fast evaluation cannot tell this resource: ask fhirpathpy."""
+
+
+# Member names that are choice elements somewhere ("start" of Timing..., "value[x]"): their
+# extension elements are "_startDate" etc., so any key starting with "_start" counts.
+_CHOICE_NAMES = frozenset(k.rsplit(".", 1)[1] for k in _MODEL["choiceTypePaths"])
+_IDENT = r"[a-z][A-Za-z0-9_]*"
+_LITERAL = r"'(?P<lit>[^'\\]*)'"
+_COMPARE = re.compile(rf"^(?P<path>.+?)\s*(?P<op>!?=)\s*{_LITERAL}$")
+_EXISTS = re.compile(r"^(?P<path>.+)\.exists\(\)$")
+_WHERE = re.compile(r"^(?P<path>.+)\.where\((?P<cond>[^()]*)\)$")
+_FIELD = re.compile(rf"^(?P<field>{_IDENT})\s*=\s*{_LITERAL}$")
+
+
+def _split(expression: str, word: str) -> list[str]:
+    """Split on a top-level ``word`` operator (outside parentheses and quotes)."""
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    token = f" {word} "
+    while i < len(expression):
+        char = expression[i]
+        if char == "'":
+            quoted = not quoted
+        elif not quoted:
+            if char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+            elif depth == 0 and expression.startswith(token, i):
+                parts.append(expression[start:i].strip())
+                i += len(token)
+                start = i
+                continue
+        i += 1
+    parts.append(expression[start:].strip())
+    return parts
+
+
+def _irregular(data: dict[str, Any], name: str) -> bool:
+    """Whether ``data`` holds the extension element of member ``name`` or a list with a
+    null for it: fhirpathpy reads both differently from the fast evaluator."""
+    if "_" + name in data:
+        return True
+    value = data.get(name)
+    if type(value) is list and None in value:
+        return True
+    if name in _CHOICE_NAMES:
+        for key, value in data.items():
+            if key.startswith("_" + name) or (
+                key.startswith(name) and type(value) is list and None in value
+            ):
+                return True
+    return False
+
+
+def _segments(expression: str) -> list[str]:
+    """The top-level ``.``-separated steps of a path."""
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    for i, char in enumerate(expression):
+        if char == "'":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "." and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return parts
+
+
+_WHERE_FIELD = re.compile(rf"^where\(\s*(?P<field>{_IDENT})\s*=\s*{_LITERAL}\s*\)$")
+_EXTENSION_URL = re.compile(rf"^extension\(\s*{_LITERAL}\s*\)$")
+_TYPE_FILTER = re.compile(r"^(?:ofType|as)\(\s*[A-Z][\w.]*\s*\)$")
+
+
+def _walk(names: list[str]) -> Values:
+    """A path of plain members, none a choice element: what the fast evaluator's member
+    steps give, walked at once, checking the extension elements on the way."""
+    underscored = [(name, "_" + name) for name in names]
+
+    def values(body: dict[str, Any]) -> list[Any]:
+        nodes: list[Any] = [body]
+        for name, extension in underscored:
+            out: list[Any] = []
+            for data in nodes:
+                if type(data) is not dict:
+                    continue
+                if extension in data:
+                    raise _Fallback
+                value = data.get(name)
+                if value is None:
+                    continue
+                if type(value) is list:
+                    if None in value:
+                        raise _Fallback
+                    out.extend(value)
+                else:
+                    out.append(value)
+            if not out:
+                return out
+            nodes = out
+        return nodes
+
+    return values
+
+
+def _fast_values(expression: str) -> Values:
+    """The fast evaluation of a path, raising ``_Fallback`` for a resource where one of its
+    members (or a field a ``where`` compares) has an extension element (``_name``) or a
+    list with a null, which fhirpathpy reads differently; ``Unsupported`` outside the fast
+    subset."""
+    expression = expression.strip()
+    full = compile_fast(expression)
+    steps = _segments(expression)
+    if all(re.fullmatch(_IDENT, step) and step not in _CHOICE_NAMES for step in steps):
+        return _walk(steps)
+    # (the path to the elements holding the member, the member)
+    guards: list[tuple[str, str]] = []
+    for k, step in enumerate(steps):
+        before = ".".join(steps[:k])
+        if re.fullmatch(_IDENT, step):
+            guards.append((before, step))
+        elif k == 0 and re.fullmatch(r"[A-Z]\w*", step):
+            continue
+        elif field := _WHERE_FIELD.match(step):
+            guards.append((before, field.group("field")))
+        elif _EXTENSION_URL.match(step):
+            guards.append((before, "extension"))
+            guards.append((f"{before}.extension" if before else "extension", "url"))
+        elif not _TYPE_FILTER.match(step):
+            raise Unsupported(step)
+    checks = [(compile_fast(before) if before else None, name) for before, name in guards]
+
+    def values(body: dict[str, Any]) -> list[Any]:
+        for prefix, name in checks:
+            parents = [body] if prefix is None else [n[0] for n in prefix(body)]
+            for parent in parents:
+                if type(parent) is dict and _irregular(parent, name):
+                    raise _Fallback
+        return [n[0] for n in full(body)]
+
+    return values
+
+
+def _fast_path(expression: str) -> Values:
+    """The values of a path expression: fast when possible, fhirpathpy otherwise."""
+    slow = _compile(expression)
+    prefix_filter = re.match(
+        rf"^(?P<path>.+)\.where\(\$this\.startsWith\({_LITERAL}\)\)$", expression.strip()
+    )
+    fast: Values
+    try:
+        if prefix_filter:
+            inner = _fast_values(prefix_filter.group("path"))
+            lit = prefix_filter.group("lit")
+
+            def starting(body: dict[str, Any]) -> list[Any]:
+                return [v for v in inner(body) if type(v) is str and v.startswith(lit)]
+
+            fast = starting
+
+        else:
+            fast = _fast_values(expression)
+    except Unsupported:
+        return slow
+
+    def run(body: dict[str, Any]) -> list[Any]:
+        try:
+            return fast(body)
+        except _Fallback:
+            return slow(body)
+
+    return run
+
+
+def _single(values: list[Any], literal: str) -> bool:
+    return len(values) == 1 and type(values[0]) is str and values[0] == literal
+
+
+def _atom(text: str) -> Predicate:
+    """One condition of a ``when``, true exactly when fhirpathpy's result is ``[True]``
+    (``_Fallback`` where it cannot tell)."""
+    text = text.strip()
+    compare = _COMPARE.match(text)
+    if compare and "(" not in compare.group("path"):
+        values = _fast_values(compare.group("path"))
+        literal = compare.group("lit")
+        if compare.group("op") == "=":
+            return lambda body: _single(values(body), literal)
+
+        def differs(body: dict[str, Any]) -> bool:
+            found = values(body)
+            return bool(found) and not _single(found, literal)
+
+        return differs
+    exists = _EXISTS.match(text)
+    if exists is None:
+        raise Unsupported(text)
+    where = _WHERE.match(exists.group("path"))
+    if where is None:
+        path = _fast_values(exists.group("path"))
+        return lambda body: bool(path(body))
+    items = _fast_values(where.group("path"))
+    fields: list[tuple[str, str]] = []
+    for part in _split(where.group("cond"), "and"):
+        field = _FIELD.match(part)
+        if field is None:
+            raise Unsupported(part)
+        fields.append((field.group("field"), field.group("lit")))
+
+    def found(item: Any) -> bool:
+        if type(item) is not dict:
+            return False
+        for name, literal in fields:
+            if _irregular(item, name):
+                raise _Fallback
+            value = item.get(name)
+            if type(value) is list:
+                if len(value) != 1:
+                    return False
+                value = value[0]
+            if type(value) is not str or value != literal:
+                return False
+        return True
+
+    return lambda body: any([found(item) for item in items(body)])
+
+
+def _slow_when(expression: str) -> Predicate:
+    slow = _compile(expression)
+    return lambda body: _when_true(slow(body))
+
+
+def _when(expression: str) -> Predicate:
+    """A ``when`` condition: a predicate for ``or``s of ``and``s of simple conditions,
+    else whether fhirpathpy's result is all true."""
+    fallback = _slow_when(expression)
+    text = expression.strip()
+    if text == "true":
+        return lambda body: True
+    try:
+        alternatives = [
+            [_atom(c) for c in _split(alternative, "and")] for alternative in _split(text, "or")
+        ]
+    except Unsupported:
+        return fallback
+
+    def when(body: dict[str, Any]) -> bool:
+        try:
+            return any(all(c(body) for c in conds) for conds in alternatives)
+        except _Fallback:
+            return fallback(body)
+
+    return when
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     rule: GrantRule
-    when: Callable[[dict[str, Any]], list[Any]]
-    patient: Callable[[dict[str, Any]], list[Any]]
-    grantee: Callable[[dict[str, Any]], list[Any]]
-    period: Callable[[dict[str, Any]], list[Any]] | None
-    start: Callable[[dict[str, Any]], list[Any]] | None
-    end: Callable[[dict[str, Any]], list[Any]] | None
-    actions: Callable[[dict[str, Any]], list[Any]] | None
+    when: Predicate
+    patient: Values
+    grantee: Values
+    period: Values | None
+    start: Values | None
+    end: Values | None
+    actions: Values | None
 
 
 def _when_true(values: list[Any]) -> bool:
@@ -66,14 +349,15 @@ def _instant(value: Any, *, end: bool) -> datetime | None:
 class GrantDeriver:
     """The compiled grant rules of a policy."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, fast: bool = True) -> None:
         self.by_type: dict[str, list[_Rule]] = {}
+        opt = _fast_path if fast else _compile
+        when = _when if fast else _slow_when
         for rule in policy.grants:
-            opt = _compile
             self.by_type.setdefault(rule.source, []).append(
                 _Rule(
                     rule,
-                    opt(rule.when),
+                    when(rule.when),
                     opt(rule.patient),
                     opt(rule.grantee),
                     opt(rule.period) if rule.period else None,
@@ -95,7 +379,7 @@ class GrantDeriver:
         rows: list[dict[str, Any]] = []
         for compiled in self.by_type.get(type_, ()):
             rule = compiled.rule
-            if not _when_true(compiled.when(body)):
+            if not compiled.when(body):
                 continue
             start = end = None
             if compiled.period is not None:
