@@ -1012,6 +1012,28 @@ async def create_pg_database() -> tuple[str, str]:
     return base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{name}", f"{base}/{name}"
 
 
+async def outbox_drained(backend: str, dsn: str, limit: float = 600.0) -> float:
+    """Seconds until the server has dispatched the events of everything loaded: measuring
+    while it still dispatches a load's worth of events would time that work too."""
+    query = "SELECT count(*) FROM outbox WHERE processed_at IS NULL"
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        if backend == "postgres":
+            conn = await asyncpg.connect(dsn)
+            try:
+                left = int(await conn.fetchval(query))
+            finally:
+                await conn.close()
+        else:
+            async with aiosqlite.connect(dsn) as db, db.execute(query) as cursor:
+                row = await cursor.fetchone()
+                left = int(row[0]) if row else 0
+        if left == 0:
+            break
+        await asyncio.sleep(1.0)
+    return time.perf_counter() - started
+
+
 async def drop_pg_database(dsn: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
@@ -1369,6 +1391,8 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
             f"(transaction bundles of {args.batch} patients, 4 in flight)",
             flush=True,
         )
+        drained = await outbox_drained(backend, dsn)
+        print(f"   outbox drained {drained:.1f} s after the load (events of the loaded resources)")
         if backend == "postgres":
             conn = await asyncpg.connect(dsn)
             try:
