@@ -124,14 +124,6 @@ ENTRIES = (
         _("Signing, coverage, renewals and fulfilment by area and team"),
     ),
     Entry(
-        "refunds",
-        _("Failed refunds"),
-        "/payments/admin/refunds",
-        ADMINS,  # the payments module's administrators (payments.router.ADMIN_ROLES)
-        _("Work"),
-        _("Refunds the payment provider refused or never confirmed; retry them"),
-    ),
-    Entry(
         "directory",
         _("Directory"),
         "/directory/organizations",
@@ -179,6 +171,15 @@ ENTRIES = (
         _("Basic information"),
         _("Publish, edit and retire family-doctor service packages"),
         right=("directory", "u"),  # PlanDefinition and ChargeItemDefinition are directory
+    ),
+    Entry(
+        "refunds",
+        _("Failed refunds"),
+        "/payments/admin/refunds",
+        ADMINS,  # the payments module's administrators (payments.router.ADMIN_ROLES);
+        # beside the package administration, which links to it
+        _("Basic information"),
+        _("Refunds the payment provider refused or never confirmed; retry them"),
     ),
     Entry(
         "import",
