@@ -35,7 +35,7 @@ from smartmed.access.tables import access_grant
 from smartmed.fhir.hooks import WriteHooks
 from smartmed.fhir.model import utcnow
 from smartmed.fhir.search.convert import date_range
-from smartmed.fhir.search.fhirpath_fast import Unsupported, compile_fast
+from smartmed.fhir.search.fhirpath_fast import Unsupported, compile_fast, split_top_level
 from smartmed.fhir.storage.tables import resource
 
 _MODEL = models["r4"]
@@ -115,24 +115,7 @@ def _irregular(data: dict[str, Any], name: str) -> bool:
 
 def _segments(expression: str) -> list[str]:
     """The top-level ``.``-separated steps of a path."""
-    parts: list[str] = []
-    depth = 0
-    quoted = False
-    start = 0
-    for i, char in enumerate(expression):
-        if char == "'":
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "." and depth == 0:
-            parts.append(expression[start:i].strip())
-            start = i + 1
-    parts.append(expression[start:].strip())
-    return parts
+    return split_top_level(expression, ".")
 
 
 _WHERE_FIELD = re.compile(rf"^where\(\s*(?P<field>{_IDENT})\s*=\s*{_LITERAL}\s*\)$")

@@ -87,8 +87,9 @@ def reference_type(value: Any) -> str | None:
     return None
 
 
-def split_union(expression: str) -> list[str]:
-    """Split a FHIRPath expression on its top-level ``|`` operators."""
+def split_top_level(expression: str, separator: str) -> list[str]:
+    """The parts of a FHIRPath expression between its top-level ``separator`` characters
+    (outside parentheses and string literals), stripped; empty parts kept."""
     parts: list[str] = []
     depth = 0
     quoted = False
@@ -102,11 +103,16 @@ def split_union(expression: str) -> list[str]:
             depth += 1
         elif char == ")":
             depth -= 1
-        elif char == "|" and depth == 0:
+        elif char == separator and depth == 0:
             parts.append(expression[start:i].strip())
             start = i + 1
     parts.append(expression[start:].strip())
-    return [p for p in parts if p]
+    return parts
+
+
+def split_union(expression: str) -> list[str]:
+    """Split a FHIRPath expression on its top-level ``|`` operators."""
+    return [p for p in split_top_level(expression, "|") if p]
 
 
 # --- the fast subset -------------------------------------------------------------------
